@@ -1,0 +1,33 @@
+"""Input data for effnet.
+
+Why this package is split the way it is: host-side input code (tfds builders, tf.data, TF image ops) lives in
+`effnet.data.pipeline`, `effnet.data.digits` and `effnet.data.augment` and is imported explicitly; this `__init__`
+imports NO TensorFlow, so on-device code (models, steps, mixup in `effnet.data.mix`, the synthetic benchmark source)
+can import `effnet.data` on machines without TF. `normalize` runs on the accelerator: batches leave the host as
+uint8 NHWC and are converted to float here, inside the jitted step.
+"""
+import jax.numpy as jnp
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+NORMALIZATIONS = ("imagenet", "inception_128")
+
+
+def normalize(images, normalization="imagenet", dtype=jnp.float32):
+  """uint8 (or float 0..255) NHWC images -> `dtype`.
+
+  'imagenet':      (x - 255*mean) / (255*std), mean (.485,.456,.406), std (.229,.224,.225) (official v1 / V2-B*).
+  'inception_128': (x - 128) / 128 (official V2 S/M/L/XL).
+  The arithmetic is done in float32 and cast at the end, so a bfloat16 output only rounds once.
+  """
+  x = jnp.asarray(images).astype(jnp.float32)
+  if normalization == "imagenet":
+    mean = jnp.asarray(IMAGENET_MEAN, jnp.float32) * 255.0
+    std = jnp.asarray(IMAGENET_STD, jnp.float32) * 255.0
+    x = (x - mean) / std
+  elif normalization == "inception_128":
+    x = (x - 128.0) / 128.0
+  else:
+    raise ValueError(f"config.data.normalization={normalization!r} is not supported; allowed values: "
+                     f"{list(NORMALIZATIONS)}")
+  return x.astype(dtype)

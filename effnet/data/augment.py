@@ -1,0 +1,608 @@
+"""Host-side image augmentation (TensorFlow ops, one HWC uint8 image, tf.data-map friendly).
+
+Why this module exists: EfficientNet v1 (AutoAugment / RandAugment) and v2 (RandAugment whose magnitude
+grows with progressive learning) train on the 16 ops of the official `autoaugment.py`
+(google/automl efficientnetv2 @6a54c87, tensorflow/tpu models/official/efficientnet). This module
+reimplements them (our own code, the official one read for facts only) and adds a fused fast path,
+because the official graph is input-bound at ~100 img/s/core.
+
+Facts kept from the official code (with its quirks, on purpose):
+  * RandAugment: N layers, each picks one of the 16 ops uniformly and ALWAYS applies it (the sampled
+    `prob` of the official loop is unused); one shared magnitude, a float is fine (6.67 from
+    progressive learning). Constants: cutout 40 px, translate 100 px; AutoAugment v0: 100 / 250.
+  * level -> argument (level/10 scaling): rotate 30 deg, shear 0.3, translate const, all three with a
+    random sign; enhance ops (Color/Contrast/Brightness/Sharpness) 1.8*l/10+0.1 with NO sign;
+    Posterize int(4*l/10) bits; Solarize int(256*l/10); SolarizeAdd int(110*l/10); Cutout int(c*l/10).
+  * Geometric ops use NEAREST sampling and fill 128 (the official wrap/unwrap alpha-channel trick is
+    equivalent to a V3 projective transform with fill_value=128 under nearest sampling).
+  * Quirks reproduced: Solarize's threshold is converted to uint8, so 256 (M=10) wraps to 0 and
+    Solarize at M=10 inverts every pixel; Posterize's shift is clamped to [0, 7] by TF's CPU kernel
+    (bits 0 behaves like 1 bit, bits > 8 likewise); Contrast's "mean" is the histogram SUM / 256,
+    i.e. H*W/256 (>=255 for any image >= 256x255 px), not the grey mean (`contrast(..., pil=True)`
+    gives the PIL semantics instead); blends truncate (cast) like PIL's ImagingBlend.
+
+Fast path (`fused_train_preprocess`): train preprocessing is crop -> resize -> flip -> N ops. Crop,
+resize, flip and every geometric op are affine maps from output to source pixel coordinates, so they
+are composed into ONE 3x3 matrix and ONE bilinear `ImageProjectiveTransformV3` pass over the decoded
+crop (only the crop window is decoded, `decode_and_crop_jpeg`). The 128 fill is reproduced exactly
+with a cheap 1-channel label image ("which geometric stage filled this pixel", chained NEAREST
+transforms with fill = stage id); colour ops are applied in their original order, and a fill is
+written when its geometric stage is reached, so the filled pixels go through later colour ops as in
+the official code. This is exact when every op before the last geometric op is pointwise; when a
+non-pointwise op (AutoContrast, Equalize, Sharpness, Cutout) precedes a geometric op (~8% of N=2
+draws) the unfused order is used instead (resize, then ops one by one). The only intended difference
+from the official graph is interpolation: one bilinear sample of the source instead of bilinear
+resize followed by nearest re-sampling (sharper, no double resampling).
+Other speed choices: Sharpness uses a separable 3x3 box sum (kernel [[1,1,1],[1,5,1],[1,1,1]]/13 =
+(box + 4*centre)/13), Equalize one bincount over the 3 channels, AutoContrast vectorised per channel,
+ops dispatched by tf.switch_case (only the chosen branch runs).
+
+Randomness: every function takes `seed` (shape [2] int tensor, stateless RNG) so a pipeline can be
+deterministic; seed=None draws one from the global generator. The same seed gives the same op/arg
+draws in `randaugment` and inside `fused_train_preprocess` (which gives its aug seed to the layers).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import tensorflow as tf
+
+FILL_VALUE = 128
+MAX_LEVEL = 10.0
+
+# Official RandAugment op order (index = switch_case branch).
+RANDAUGMENT_OPS = (
+    'AutoContrast', 'Equalize', 'Invert', 'Rotate', 'Posterize', 'Solarize', 'Color', 'Contrast',
+    'Brightness', 'Sharpness', 'ShearX', 'ShearY', 'TranslateX', 'TranslateY', 'Cutout', 'SolarizeAdd')
+OP_INDEX = {name: i for i, name in enumerate(RANDAUGMENT_OPS)}
+GEOMETRIC_OPS = ('Rotate', 'ShearX', 'ShearY', 'TranslateX', 'TranslateY')
+# Ops that do not commute with a geometric op even away from the fill (global stats / neighbourhood / spatial).
+NON_POINTWISE_OPS = ('AutoContrast', 'Equalize', 'Sharpness', 'Cutout')
+IDENTITY_OP = -1  # layer index meaning "not applied" (AutoAugment prob failed)
+
+RANDAUGMENT_CONSTS = dict(cutout_const=40, translate_const=100)
+AUTOAUGMENT_CONSTS = dict(cutout_const=100, translate_const=250)
+
+# AutoAugment policy v0 (AutoAugment paper, ImageNet): 25 sub-policies of (op, prob, magnitude).
+POLICY_V0 = (
+    (('Equalize', 0.8, 1), ('ShearY', 0.8, 4)),
+    (('Color', 0.4, 9), ('Equalize', 0.6, 3)),
+    (('Color', 0.4, 1), ('Rotate', 0.6, 8)),
+    (('Solarize', 0.8, 3), ('Equalize', 0.4, 7)),
+    (('Solarize', 0.4, 2), ('Solarize', 0.6, 2)),
+    (('Color', 0.2, 0), ('Equalize', 0.8, 8)),
+    (('Equalize', 0.4, 8), ('SolarizeAdd', 0.8, 3)),
+    (('ShearX', 0.2, 9), ('Rotate', 0.6, 8)),
+    (('Color', 0.6, 1), ('Equalize', 1.0, 2)),
+    (('Invert', 0.4, 9), ('Rotate', 0.6, 0)),
+    (('Equalize', 1.0, 9), ('ShearY', 0.6, 3)),
+    (('Color', 0.4, 7), ('Equalize', 0.6, 0)),
+    (('Posterize', 0.4, 6), ('AutoContrast', 0.4, 7)),
+    (('Solarize', 0.6, 8), ('Color', 0.6, 9)),
+    (('Solarize', 0.2, 4), ('Rotate', 0.8, 9)),
+    (('Rotate', 1.0, 7), ('TranslateY', 0.8, 9)),
+    (('ShearX', 0.0, 0), ('Solarize', 0.8, 4)),
+    (('ShearY', 0.8, 0), ('Color', 0.6, 4)),
+    (('Color', 1.0, 0), ('Rotate', 0.6, 2)),
+    (('Equalize', 0.8, 4), ('Equalize', 0.0, 8)),
+    (('Equalize', 1.0, 4), ('AutoContrast', 0.6, 2)),
+    (('ShearY', 0.4, 7), ('SolarizeAdd', 0.6, 7)),
+    (('Posterize', 0.8, 2), ('Solarize', 0.6, 10)),
+    (('Solarize', 0.6, 8), ('Equalize', 0.6, 1)),
+    (('Color', 0.8, 6), ('Rotate', 0.4, 5)),
+)
+POLICIES = {'v0': POLICY_V0}
+
+TRAIN_CROPS = ('inception_v1', 'inception_v2')
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+def _as_seed(seed) -> tf.Tensor:
+  if seed is None:
+    return tf.random.uniform([2], 0, 2**31 - 1, dtype=tf.int64)
+  return tf.cast(tf.convert_to_tensor(seed), tf.int64)
+
+
+def _split(seed, num: int) -> tf.Tensor:
+  return tf.random.experimental.stateless_split(seed, num)
+
+
+def _uniform(seed, minval=0.0, maxval=1.0, dtype=tf.float32):
+  return tf.random.stateless_uniform([], seed, minval=minval, maxval=maxval, dtype=dtype)
+
+
+def _random_sign(seed) -> tf.Tensor:
+  """+1 or -1 with probability 1/2 (official `_randomly_negate_tensor`)."""
+  return tf.where(_uniform(seed) < 0.5, -1.0, 1.0)
+
+
+def blend(image1, image2, factor):
+  """Official/PIL blend: image1 + factor*(image2-image1), clipped to [0,255], truncated to uint8.
+
+  For 0<=factor<=1 the clip is a no-op, so one formula covers the official interpolate/extrapolate
+  branches and a traced factor works.
+  """
+  a = tf.cast(image1, tf.float32)
+  b = tf.cast(image2, tf.float32)
+  return tf.cast(tf.clip_by_value(a + tf.cast(factor, tf.float32) * (b - a), 0.0, 255.0), tf.uint8)
+
+
+def _transform(image, matrix, interpolation='NEAREST', fill_mode='CONSTANT', fill_value=FILL_VALUE,
+               output_shape=None):
+  """One ImageProjectiveTransformV3. matrix: [3,3] map from OUTPUT (x=col, y=row, 1) to SOURCE."""
+  m = tf.reshape(tf.cast(matrix, tf.float32), [9])
+  m = m[:8] / m[8]
+  if output_shape is None:
+    output_shape = tf.shape(image)[:2]
+  out = tf.raw_ops.ImageProjectiveTransformV3(
+      images=image[None], transforms=m[None], output_shape=tf.cast(output_shape, tf.int32),
+      fill_value=tf.cast(fill_value, tf.float32), interpolation=interpolation, fill_mode=fill_mode)
+  return out[0]
+
+
+def _mat(a, b, c, d, e, f):
+  z = tf.constant(0.0)
+  o = tf.constant(1.0)
+  return tf.reshape(tf.stack([tf.cast(v, tf.float32) for v in (a, b, c, d, e, f)] + [z, z, o]), [3, 3])
+
+
+def rotate_matrix(degrees, height, width):
+  """tfa.image.rotate's matrix (counter-clockwise about the image centre, output->source)."""
+  rad = tf.cast(degrees, tf.float32) * (math.pi / 180.0)
+  c, s = tf.cos(rad), tf.sin(rad)
+  w1 = tf.cast(width, tf.float32) - 1.0
+  h1 = tf.cast(height, tf.float32) - 1.0
+  xo = (w1 - (c * w1 - s * h1)) / 2.0
+  yo = (h1 - (s * w1 + c * h1)) / 2.0
+  return _mat(c, -s, xo, s, c, yo)
+
+
+def shear_x_matrix(level):
+  return _mat(1.0, level, 0.0, 0.0, 1.0, 0.0)
+
+
+def shear_y_matrix(level):
+  return _mat(1.0, 0.0, 0.0, level, 1.0, 0.0)
+
+
+def translate_x_matrix(pixels):
+  # official translate_x(image, pixels) -> tfa translate([-pixels, 0]) -> source x = x + pixels.
+  return _mat(1.0, 0.0, pixels, 0.0, 1.0, 0.0)
+
+
+def translate_y_matrix(pixels):
+  return _mat(1.0, 0.0, 0.0, 0.0, 1.0, pixels)
+
+
+# ----------------------------------------------------------------------------------------------
+# the 16 ops (uint8 HWC in, uint8 HWC out)
+def autocontrast(image):
+  """PIL ImageOps.autocontrast(cutoff=0) per channel: map [min,max] -> [0,255]; flat channel kept."""
+  lo = tf.cast(tf.reduce_min(image, axis=[0, 1]), tf.float32)
+  hi = tf.cast(tf.reduce_max(image, axis=[0, 1]), tf.float32)
+  scale = 255.0 / tf.maximum(hi - lo, 1.0)
+  offset = -lo * scale
+  scaled = tf.cast(tf.clip_by_value(tf.cast(image, tf.float32) * scale + offset, 0.0, 255.0), tf.uint8)
+  return tf.where(hi > lo, scaled, image)
+
+
+def equalize(image):
+  """PIL ImageOps.equalize per channel (LUT from the histogram with the PIL step rule)."""
+  x = tf.cast(image, tf.int32)
+  idx = x + tf.constant([0, 256, 512], tf.int32)
+  hist = tf.reshape(tf.math.bincount(tf.reshape(idx, [-1]), minlength=768, maxlength=768), [3, 256])
+  # step = (sum(nonzero) - count of the last nonzero bin) // 255
+  last = tf.reduce_max(tf.where(hist > 0, tf.range(256)[None, :], -1), axis=1)
+  last_count = tf.gather(hist, tf.maximum(last, 0), batch_dims=1)
+  step = (tf.reduce_sum(hist, axis=1) - last_count) // 255
+  safe = tf.maximum(step, 1)[:, None]
+  lut = (tf.cumsum(hist, axis=1) + safe // 2) // safe
+  lut = tf.clip_by_value(tf.concat([tf.zeros([3, 1], tf.int32), lut[:, :-1]], axis=1), 0, 255)
+  lut = tf.where(step[:, None] == 0, tf.range(256)[None, :], lut)
+  return tf.cast(tf.gather(tf.reshape(lut, [-1]), idx), tf.uint8)
+
+
+def invert(image):
+  return 255 - image
+
+
+def posterize(image, bits):
+  """Keep the top `bits` bits. Shift = 8-bits (as uint8) clamped to [0,7] like TF's CPU kernel."""
+  shift = tf.math.floormod(8 - tf.cast(bits, tf.int32), 256)
+  shift = tf.minimum(shift, 7)
+  mask = tf.cast(tf.bitwise.bitwise_and(tf.bitwise.left_shift(255, shift), 255), tf.uint8)
+  return tf.bitwise.bitwise_and(image, mask)
+
+
+def solarize(image, threshold=128):
+  """Pixels >= threshold are inverted. threshold is taken mod 256 (official uint8 conversion)."""
+  t = tf.math.floormod(tf.cast(threshold, tf.int32), 256)
+  return tf.where(tf.cast(image, tf.int32) < t, image, 255 - image)
+
+
+def solarize_add(image, addition=0, threshold=128):
+  added = tf.clip_by_value(tf.cast(image, tf.int32) + tf.cast(addition, tf.int32), 0, 255)
+  return tf.where(tf.cast(image, tf.int32) < threshold, tf.cast(added, tf.uint8), image)
+
+
+def grayscale(image):
+  """tf.image.rgb_to_grayscale on uint8 (the official degenerate of Color/Contrast)."""
+  return tf.image.rgb_to_grayscale(image)
+
+
+def color(image, factor):
+  return blend(tf.image.grayscale_to_rgb(grayscale(image)), image, factor)
+
+
+def contrast(image, factor, pil=False):
+  """Blend towards a constant grey. Official: grey = H*W/256 clipped to 255 (histogram-sum quirk).
+
+  pil=True: grey = round(mean of the L image) as PIL ImageEnhance.Contrast.
+  """
+  if pil:
+    g = tf.cast(grayscale(image), tf.float32)
+    mean = tf.floor(tf.reduce_mean(g) + 0.5)
+  else:
+    npix = tf.cast(tf.shape(image)[0] * tf.shape(image)[1], tf.float32)
+    mean = tf.floor(tf.clip_by_value(npix / 256.0, 0.0, 255.0))
+  return blend(tf.fill(tf.shape(image), tf.cast(mean, tf.uint8)), image, factor)
+
+
+def brightness(image, factor):
+  return blend(tf.zeros_like(image), image, factor)
+
+
+def sharpness(image, factor):
+  """PIL Sharpness: blend(SMOOTH(image) with original 1-px border, image, factor).
+
+  SMOOTH = [[1,1,1],[1,5,1],[1,1,1]]/13 computed as (3x3 box sum + 4*centre)/13 with separable
+  slice-adds, truncated to uint8 like the official depthwise-conv version.
+  """
+  x = tf.cast(image, tf.float32)
+  rows = x[:, :-2] + x[:, 1:-1] + x[:, 2:]
+  box = rows[:-2] + rows[1:-1] + rows[2:]
+  inner = x[1:-1, 1:-1]
+  smooth = tf.floor(tf.clip_by_value((box + 4.0 * inner) / 13.0, 0.0, 255.0))
+  f = tf.cast(factor, tf.float32)
+  mixed = tf.cast(tf.clip_by_value(smooth + f * (inner - smooth), 0.0, 255.0), tf.uint8)
+  mid = tf.concat([image[1:-1, :1], mixed, image[1:-1, -1:]], axis=1)
+  return tf.concat([image[:1], mid, image[-1:]], axis=0)
+
+
+def rotate(image, degrees, fill=FILL_VALUE):
+  shape = tf.shape(image)
+  return _transform(image, rotate_matrix(degrees, shape[0], shape[1]), fill_value=fill)
+
+
+def shear_x(image, level, fill=FILL_VALUE):
+  return _transform(image, shear_x_matrix(level), fill_value=fill)
+
+
+def shear_y(image, level, fill=FILL_VALUE):
+  return _transform(image, shear_y_matrix(level), fill_value=fill)
+
+
+def translate_x(image, pixels, fill=FILL_VALUE):
+  return _transform(image, translate_x_matrix(pixels), fill_value=fill)
+
+
+def translate_y(image, pixels, fill=FILL_VALUE):
+  return _transform(image, translate_y_matrix(pixels), fill_value=fill)
+
+
+def cutout_box(height, width, pad_size, seed):
+  """Official cutout box: centre uniform over the image, rows [cy-pad, cy+pad) clipped (y0,y1,x0,x1)."""
+  s1, s2 = tf.unstack(_split(seed, 2))
+  cy = tf.random.stateless_uniform([], s1, 0, height, dtype=tf.int32)
+  cx = tf.random.stateless_uniform([], s2, 0, width, dtype=tf.int32)
+  pad = tf.cast(pad_size, tf.int32)
+  return (tf.maximum(0, cy - pad), tf.minimum(height, cy + pad),
+          tf.maximum(0, cx - pad), tf.minimum(width, cx + pad))
+
+
+def _box_mask(height, width, box):
+  y0, y1, x0, x1 = box
+  ys = tf.range(height)[:, None]
+  xs = tf.range(width)[None, :]
+  return ((ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1))[:, :, None]
+
+
+def cutout(image, pad_size, fill=FILL_VALUE, seed=None):
+  """Square of side <= 2*pad_size at a uniform centre set to `fill` (scalar or broadcastable)."""
+  shape = tf.shape(image)
+  box = cutout_box(shape[0], shape[1], pad_size, _as_seed(seed))
+  fill = tf.cast(fill, image.dtype)
+  return tf.where(_box_mask(shape[0], shape[1], box), tf.broadcast_to(fill, shape), image)
+
+
+# ----------------------------------------------------------------------------------------------
+# level -> argument (float magnitude allowed; int() of the official code = floor for levels >= 0)
+def _lvl(magnitude):
+  return tf.cast(magnitude, tf.float64) / MAX_LEVEL
+
+
+def _int_arg(magnitude, scale):
+  return tf.cast(tf.floor(_lvl(magnitude) * scale), tf.int32)
+
+
+def enhance_factor(magnitude):
+  return tf.cast(_lvl(magnitude) * 1.8 + 0.1, tf.float32)
+
+
+def _signed(magnitude, scale, seed):
+  return tf.cast(_lvl(magnitude) * scale, tf.float32) * _random_sign(seed)
+
+
+def geometric_matrix(op, magnitude, seed, height, width, translate_const):
+  """[3,3] output->source matrix of layer op `op` (int tensor); identity for non-geometric ops.
+
+  Plain arithmetic + selects (no nested tf.switch_case: inside tf.data every functional control-flow
+  op costs ~0.1-1 ms per call, which dominated an earlier version).
+  """
+  op = tf.cast(op, tf.int32)
+  is_op = lambda name: tf.equal(op, OP_INDEX[name])
+  scale = tf.where(is_op('Rotate'), 30.0,
+                   tf.where(is_op('ShearX') | is_op('ShearY'), 0.3,
+                            tf.where(is_op('TranslateX') | is_op('TranslateY'),
+                                     float(translate_const), 0.0)))
+  v = tf.cast(_lvl(magnitude), tf.float32) * scale * _random_sign(seed)
+  rot = rotate_matrix(v, height, width)
+  z = tf.constant(0.0)
+  f = lambda name: tf.where(is_op(name), v, z)
+  aff = _mat(1.0, f('ShearX'), f('TranslateX'), f('ShearY'), 1.0, f('TranslateY'))
+  return tf.where(is_op('Rotate'), rot, aff)
+
+
+def _apply_op(image, op, magnitude, seed, cutout_const, translate_const, geometric=True):
+  """Apply op number `op` (IDENTITY_OP = no-op). geometric=False turns geometric ops into no-ops."""
+  m = magnitude
+  shape = tf.shape(image)
+  ident = lambda: image
+
+  def geo():
+    return _transform(image, geometric_matrix(op, m, seed, shape[0], shape[1], translate_const))
+
+  branches = {
+      'AutoContrast': lambda: autocontrast(image),
+      'Equalize': lambda: equalize(image),
+      'Invert': lambda: invert(image),
+      'Posterize': lambda: posterize(image, _int_arg(m, 4.0)),
+      'Solarize': lambda: solarize(image, _int_arg(m, 256.0)),
+      'SolarizeAdd': lambda: solarize_add(image, _int_arg(m, 110.0)),
+      'Color': lambda: color(image, enhance_factor(m)),
+      'Contrast': lambda: contrast(image, enhance_factor(m)),
+      'Brightness': lambda: brightness(image, enhance_factor(m)),
+      'Sharpness': lambda: sharpness(image, enhance_factor(m)),
+      'Cutout': lambda: cutout(image, _int_arg(m, float(cutout_const)), seed=seed),
+  }
+  for name in GEOMETRIC_OPS:
+    branches[name] = geo if geometric else ident
+  fns = [branches[name] for name in RANDAUGMENT_OPS] + [ident]
+  idx = tf.where(tf.cast(op, tf.int32) < 0, len(RANDAUGMENT_OPS), tf.cast(op, tf.int32))
+  out = tf.switch_case(idx, fns)
+  out.set_shape(image.shape)
+  return out
+
+
+def apply_op(image, name: str, magnitude, seed=None, cutout_const=40, translate_const=100):
+  """Apply one named op at `magnitude` with the official level->argument mapping (and random sign)."""
+  if name not in OP_INDEX:
+    raise ValueError(f'op name must be one of {RANDAUGMENT_OPS}, got {name!r}')
+  return _apply_op(tf.convert_to_tensor(image), OP_INDEX[name], magnitude, _as_seed(seed),
+                   cutout_const, translate_const)
+
+
+# ----------------------------------------------------------------------------------------------
+# layer sampling (shared by the unfused and fused paths so one seed gives the same draws)
+def _randaugment_layers(num_layers, magnitude, seed):
+  seeds = _split(seed, num_layers)
+  ops, mags, arg_seeds = [], [], []
+  for i in range(num_layers):
+    s_op, s_arg = tf.unstack(_split(seeds[i], 2))
+    ops.append(tf.random.stateless_uniform([], s_op, 0, len(RANDAUGMENT_OPS), dtype=tf.int32))
+    mags.append(tf.cast(magnitude, tf.float32))
+    arg_seeds.append(s_arg)
+  return ops, mags, arg_seeds
+
+
+def _autoaugment_layers(policy, seed):
+  if policy not in POLICIES:
+    raise ValueError(f'policy must be one of {sorted(POLICIES)}, got {policy!r}')
+  table = POLICIES[policy]
+  n = len(table[0])
+  op_t = tf.constant([[OP_INDEX[o] for o, _, _ in sub] for sub in table], tf.int32)
+  prob_t = tf.constant([[p for _, p, _ in sub] for sub in table], tf.float32)
+  mag_t = tf.constant([[m for _, _, m in sub] for sub in table], tf.float32)
+  s_pick, s_layers = tf.unstack(_split(seed, 2))
+  k = tf.random.stateless_uniform([], s_pick, 0, len(table), dtype=tf.int32)
+  seeds = _split(s_layers, n)
+  ops, mags, arg_seeds = [], [], []
+  for i in range(n):
+    s_prob, s_arg = tf.unstack(_split(seeds[i], 2))
+    # official: apply iff floor(u + prob) == 1  <=>  u >= 1 - prob
+    applied = tf.floor(_uniform(s_prob) + prob_t[k, i]) >= 1.0
+    ops.append(tf.where(applied, op_t[k, i], IDENTITY_OP))
+    mags.append(mag_t[k, i])
+    arg_seeds.append(s_arg)
+  return ops, mags, arg_seeds
+
+
+def _apply_layers(image, ops, mags, arg_seeds, consts):
+  for op, m, s in zip(ops, mags, arg_seeds):
+    image = _apply_op(image, op, m, s, consts['cutout_const'], consts['translate_const'])
+  return image
+
+
+def randaugment(image, num_layers: int = 2, magnitude=10.0, seed=None, cutout_const=40,
+                translate_const=100):
+  """RandAugment (v2 official): num_layers ops drawn uniformly from the 16, each always applied."""
+  if int(num_layers) < 0:
+    raise ValueError(f'num_layers must be >= 0, got {num_layers}')
+  image = tf.convert_to_tensor(image)
+  if image.dtype != tf.uint8:
+    raise ValueError(f'image dtype must be uint8, got {image.dtype}')
+  ops, mags, seeds = _randaugment_layers(int(num_layers), magnitude, _as_seed(seed))
+  return _apply_layers(image, ops, mags, seeds,
+                       dict(cutout_const=cutout_const, translate_const=translate_const))
+
+
+def autoaugment(image, policy: str = 'v0', seed=None):
+  """AutoAugment: one of the policy's sub-policies uniformly; each op applied with its prob."""
+  image = tf.convert_to_tensor(image)
+  if image.dtype != tf.uint8:
+    raise ValueError(f'image dtype must be uint8, got {image.dtype}')
+  ops, mags, seeds = _autoaugment_layers(policy, _as_seed(seed))
+  return _apply_layers(image, ops, mags, seeds, AUTOAUGMENT_CONSTS)
+
+
+# ----------------------------------------------------------------------------------------------
+# crop sampling + fused crop/resize/flip/augment
+def sample_crop_window(shape, image_size: int, train_preprocess: str = 'inception_v2', seed=None):
+  """[y, x, h, w] int32 crop window on an image of `shape` ([h, w, c]).
+
+  inception_v2 (AML): sample_distorted_bounding_box(area (0.05,1), aspect (3/4,4/3)
+    [official: TF default (0.75,1.33)], min_object_covered=0, max_attempts=100 (TF default)).
+  inception_v1 (TPU/legacy): area (0.08,1), aspect (3/4,4/3), min_object_covered=0.1,
+    max_attempts=10, full-image bbox; if the sample is the whole image, the centre crop
+    int(S/(S+32)*min(h,w)) at ((h-c+1)//2, (w-c+1)//2).
+  """
+  shape = tf.cast(tf.convert_to_tensor(shape)[:3], tf.int32)
+  seed = _as_seed(seed)
+  if train_preprocess == 'inception_v2':
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        shape, tf.zeros([1, 0, 4], tf.float32), seed=seed, min_object_covered=0.0,
+        aspect_ratio_range=(0.75, 1.33), area_range=(0.05, 1.0), max_attempts=100,
+        use_image_if_no_bounding_boxes=True)
+    return tf.stack([begin[0], begin[1], size[0], size[1]])
+  if train_preprocess == 'inception_v1':
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        shape, tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed, min_object_covered=0.1,
+        aspect_ratio_range=(3. / 4, 4. / 3.), area_range=(0.08, 1.0), max_attempts=10,
+        use_image_if_no_bounding_boxes=True)
+    h, w = shape[0], shape[1]
+    c = tf.cast(image_size / (image_size + 32) * tf.cast(tf.minimum(h, w), tf.float32), tf.int32)
+    center = tf.stack([(h - c + 1) // 2, (w - c + 1) // 2, c, c])
+    window = tf.stack([begin[0], begin[1], size[0], size[1]])
+    full = tf.logical_and(tf.equal(size[0], h), tf.equal(size[1], w))
+    return tf.where(full, center, window)
+  raise ValueError(f'train_preprocess must be one of {TRAIN_CROPS} for the fused path, '
+                   f'got {train_preprocess!r}')
+
+
+def resize_flip_matrix(crop_h, crop_w, image_size, flip):
+  """Output (S x S) -> crop coordinates of tf.image.resize(bilinear, half-pixel) + optional h-flip."""
+  s = float(image_size)
+  sx = tf.cast(crop_w, tf.float32) / s
+  sy = tf.cast(crop_h, tf.float32) / s
+  r = _mat(sx, 0.0, 0.5 * sx - 0.5, 0.0, sy, 0.5 * sy - 0.5)
+  f = _mat(-1.0, 0.0, s - 1.0, 0.0, 1.0, 0.0)
+  return tf.where(tf.cast(flip, tf.bool), r @ f, r)
+
+
+def _decode_crop(image_or_bytes, image_size, train_preprocess, seed):
+  x = tf.convert_to_tensor(image_or_bytes)
+  if x.dtype == tf.string:
+    shape = tf.image.extract_jpeg_shape(x)
+    win = sample_crop_window(shape, image_size, train_preprocess, seed)
+    return tf.image.decode_and_crop_jpeg(x, win, channels=3)
+  if x.dtype != tf.uint8:
+    raise ValueError(f'image must be encoded JPEG bytes or uint8, got {x.dtype}')
+  win = sample_crop_window(tf.shape(x), image_size, train_preprocess, seed)
+  return tf.slice(x, [win[0], win[1], 0], [win[2], win[3], 3])
+
+
+def fused_train_preprocess(image_or_bytes, image_size: int, train_preprocess: str = 'inception_v2',
+                           augment: str = 'randaugment', num_layers: int = 2, magnitude=10.0,
+                           seed=None, flip: bool = True):
+  """Train preprocessing in (about) one resampling pass: crop -> resize -> flip -> RA/AA.
+
+  image_or_bytes: JPEG bytes (only the crop window is decoded) or a decoded uint8 HWC image.
+  augment: 'none' | 'randaugment' | 'autoaugment'. Returns uint8 [image_size, image_size, 3].
+  The resize is bilinear (half-pixel centres, no antialias, uint8 truncation like the official
+  clip+cast), whatever the config's resize_method.
+  """
+  if augment not in ('none', 'randaugment', 'autoaugment'):
+    raise ValueError(f"augment must be one of ('none', 'randaugment', 'autoaugment'), got {augment!r}")
+  seed = _as_seed(seed)
+  s_crop, s_flip, s_aug = tf.unstack(_split(seed, 3))
+  crop = _decode_crop(image_or_bytes, image_size, train_preprocess, s_crop)
+  ch, cw = tf.shape(crop)[0], tf.shape(crop)[1]
+  do_flip = _uniform(s_flip) < 0.5 if flip else tf.constant(False)
+  base = resize_flip_matrix(ch, cw, image_size, do_flip)
+  size = tf.constant([image_size, image_size], tf.int32)
+
+  def resample(matrix):
+    out = _transform(crop, matrix, interpolation='BILINEAR', fill_mode='NEAREST', output_shape=size)
+    out.set_shape([image_size, image_size, 3])
+    return out
+
+  if augment == 'none':
+    return resample(base)
+  if augment == 'randaugment':
+    ops, mags, seeds = _randaugment_layers(int(num_layers), magnitude, s_aug)
+    consts = RANDAUGMENT_CONSTS
+  else:
+    ops, mags, seeds = _autoaugment_layers('v0', s_aug)
+    consts = AUTOAUGMENT_CONSTS
+  return _fused_layers(resample, base, ops, mags, seeds, consts, image_size)
+
+
+def _fused_layers(resample, base, ops, mags, seeds, consts, image_size):
+  geo_idx = tf.constant([OP_INDEX[n] for n in GEOMETRIC_OPS], tf.int32)
+  nonpw_idx = tf.constant([OP_INDEX[n] for n in NON_POINTWISE_OPS], tf.int32)
+  is_geo = [tf.reduce_any(tf.equal(op, geo_idx)) for op in ops]
+  is_nonpw = [tf.reduce_any(tf.equal(op, nonpw_idx)) for op in ops]
+  # foldable unless a non-pointwise op comes before some geometric op
+  bad = tf.constant(False)
+  for i in range(len(ops)):
+    for j in range(i + 1, len(ops)):
+      bad = bad | (is_nonpw[i] & is_geo[j])
+  any_geo = tf.reduce_any(tf.stack(is_geo)) if ops else tf.constant(False)
+  s = image_size
+  mats = [geometric_matrix(op, m, sd, s, s, consts['translate_const'])
+          for op, m, sd in zip(ops, mags, seeds)]
+
+  # Flat graph (no tf.cond around the whole thing: nested functional control flow is expensive
+  # inside tf.data). fold: one bilinear pass with every geometric op composed in, geometric layers
+  # become "write the fill"; not fold: resample crop/resize/flip only and run the ops one by one.
+  fold = tf.logical_not(bad)
+  total = base
+  for g in mats:
+    total = total @ g
+  x = resample(tf.where(fold, total, base))
+
+  def labels():
+    lab = tf.zeros([s, s, 1], tf.uint8)
+    for k, (g, geo) in enumerate(zip(mats, is_geo)):
+      lab = tf.where(geo, _transform(lab, g, fill_value=k + 1), lab)
+    return lab
+
+  lab = tf.cond(fold & any_geo, labels, lambda: tf.zeros([s, s, 1], tf.uint8))
+  for k, (op, m, sd, geo) in enumerate(zip(ops, mags, seeds, is_geo)):
+    x = tf.where(lab == k + 1, tf.constant(FILL_VALUE, tf.uint8), x)  # geometric stage k fill
+    op_eff = tf.where(fold & geo, IDENTITY_OP, tf.cast(op, tf.int32))
+    x = _apply_op(x, op_eff, m, sd, consts['cutout_const'], consts['translate_const'])
+  out = x
+  out.set_shape([s, s, 3])
+  return out
+
+
+# ----------------------------------------------------------------------------------------------
+# transfer-learning 'ft' augmentation (AML preprocess_for_finetune)
+def ft_preprocess(image, image_size: int, is_training: bool = True, seed=None):
+  """AML 'ft': (x/255-0.5)/0.5, bilinear resize to S x S (no crop); train: h-flip, then cutout of
+  pad S//4 filled with U[0,1) noise (in the normalised domain, as the official code). float32 out."""
+  seed = _as_seed(seed)
+  x = (tf.cast(image, tf.float32) / 255.0 - 0.5) / 0.5
+  x = tf.image.resize(x, [image_size, image_size], method='bilinear')
+  if not is_training:
+    return x
+  s_flip, s_box, s_noise = tf.unstack(_split(seed, 3))
+  x = tf.where(_uniform(s_flip) < 0.5, x[:, ::-1], x)
+  box = cutout_box(image_size, image_size, image_size // 4, s_box)
+  noise = tf.random.stateless_uniform([image_size, image_size, 3], s_noise, 0.0, 1.0)
+  x = tf.where(_box_mask(image_size, image_size, box), noise, x)
+  x.set_shape([image_size, image_size, 3])
+  return x

@@ -1,0 +1,575 @@
+"""Host-side tf.data input pipelines (train and eval) over any tfds dataset, including the built-in `digits`.
+
+Why this module exists: the accelerator must only ever see fixed-shape uint8 NHWC batches, while the recipes from
+the official EfficientNet code (inception crop + legacy bicubic for v1, area-0.05 crop + bilinear for v2, the two
+center-crop evals, RandAugment/AutoAugment on uint8) are TF image ops. Everything TF lives here, on the host; the
+float conversion and mean/std normalisation happen on device (`effnet.data.normalize`).
+
+Design points:
+* Per-host reading with `tfds.split_for_jax_process`: train drops the remainder so every host has the same epoch
+  length; eval keeps every example and pads instead.
+* Determinism: the epoch stream is `range(epochs).flat_map(shuffle(seed=f(seed, host, epoch)))`, so every epoch has
+  its own fixed order and a run restarted at `start_epoch` sees the same example order it would have seen. All
+  randomness in preprocessing is stateless, seeded per example from (seed, host, epoch, position), so a parallel map
+  gives identical batches run to run. (With `shuffle_files` on multi-shard datasets the file order is drawn from a
+  seeded tfds ReadConfig, reshuffled per iteration; that part restarts on resume.)
+* Images are read with `tfds.decode.SkipDecoding()` so JPEGs go through `decode_and_crop_jpeg` (crop before the
+  full decode); PNG/other encodings are decoded then cropped; already-decoded array features are cropped directly.
+* Eval counts every example exactly once: each host pads its last batch with `mask == 0` examples and all hosts emit
+  the same number of batches (hosts with fewer examples emit fully masked batches), so a multi-host jitted eval
+  step never waits on a host that has run out of data.
+"""
+import collections
+import difflib
+import inspect
+import math
+import os
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+try:  # keep TF off any GPU the host may have: JAX owns the accelerator
+  tf.config.set_visible_devices([], "GPU")
+except (RuntimeError, ValueError):  # pragma: no cover - already initialised
+  pass
+
+TRAIN_PREPROCESS = ("inception_v1", "inception_v2", "resize")
+EVAL_PREPROCESS = ("center_crop_v1", "center_crop_v2", "resize")
+AUGMENTS = ("none", "autoaugment", "randaugment", "ft")
+RESIZE_METHODS = ("bicubic", "bilinear")
+BUILTIN_DATASETS = ("digits",)
+
+# Defaults for config.data fields this module reads when a field is absent.
+DATA_DEFAULTS = {
+    "name": "digits",
+    "data_dir": None,
+    "manual_dir": None,
+    "train_split": "train",
+    "eval_split": None,  # None -> 'validation' if the dataset has one, else 'test'
+    "image_size": 224,
+    "eval_image_size": None,  # None -> image_size
+    "train_preprocess": "inception_v1",
+    "eval_preprocess": "center_crop_v1",
+    "crop_padding": 32,
+    "resize_method": None,  # None -> per recipe: legacy bicubic for *_v1, bilinear otherwise
+    "flip": True,
+    "augment": "none",
+    "randaug_num_layers": 2,
+    "randaug_magnitude": 10.0,
+    "shuffle_buffer": 16384,
+    "shuffle_files": True,
+    "cache": False,
+    "prefetch": -1,  # -1 / None -> tf.data.AUTOTUNE
+}
+
+_V2_NO_CROP_SIZE = 320  # AML center_crop_v2: at S >= 320 the whole image is squashed to SxS
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Config access and validation
+# ----------------------------------------------------------------------------------------------------------------
+def _get(data_cfg, field):
+  default = DATA_DEFAULTS[field]
+  if data_cfg is None:
+    return default
+  try:
+    value = data_cfg.get(field, default)
+  except AttributeError:
+    value = getattr(data_cfg, field, default)
+  return value
+
+
+def _check_choice(field, value, allowed):
+  if value not in allowed:
+    raise ValueError(f"config.data.{field}={value!r} is not supported; allowed values: {list(allowed)}")
+
+
+def validate_data_config(data_cfg):
+  """Raises ValueError (naming the field and the allowed values) for bad preprocessing names; cheap, no I/O."""
+  _check_choice("train_preprocess", _get(data_cfg, "train_preprocess"), TRAIN_PREPROCESS)
+  _check_choice("eval_preprocess", _get(data_cfg, "eval_preprocess"), EVAL_PREPROCESS)
+  _check_choice("augment", _get(data_cfg, "augment"), AUGMENTS)
+  _check_choice("resize_method", _get(data_cfg, "resize_method"), (None,) + RESIZE_METHODS)
+  name = _get(data_cfg, "name")
+  if not isinstance(name, str) or not name:
+    raise ValueError(f"config.data.name={name!r} must be a non-empty tfds dataset name, e.g. 'digits' or 'imagenet2012'")
+  crop_padding = _get(data_cfg, "crop_padding")
+  if crop_padding is None or crop_padding < 0:
+    raise ValueError(f"config.data.crop_padding={crop_padding!r} must be an int >= 0")
+
+
+def per_host_batch_size(global_batch_size, process_count, field="train.batch_size"):
+  """global // process_count; ValueError naming `field` when it does not divide."""
+  if global_batch_size is None or global_batch_size <= 0:
+    raise ValueError(f"{field}={global_batch_size!r} must be a positive integer")
+  if global_batch_size % process_count:
+    raise ValueError(
+        f"{field}={global_batch_size} is not divisible by the number of processes ({process_count}); "
+        f"use a multiple of {process_count}")
+  return global_batch_size // process_count
+
+
+def _process_info(process_index, process_count):
+  if process_index is None or process_count is None:
+    import jax  # host-side only: which process am I
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} must be in [0, process_count={process_count})")
+  return int(process_index), int(process_count)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Builder
+# ----------------------------------------------------------------------------------------------------------------
+def _base_name(name):
+  return name.split(":")[0].split("/")[0]
+
+
+def get_builder(data_cfg, *, prepare=True):
+  """tfds builder for config.data.name, prepared if needed (digits prepares offline in about a second).
+
+  Errors (ValueError) before anything compiles: unknown dataset name (with close matches), and for datasets that
+  need a manual download (imagenet2012) a missing manual_dir, naming the directory where tfds looks for the tars.
+  """
+  validate_data_config(data_cfg)
+  name = _get(data_cfg, "name")
+  data_dir = _get(data_cfg, "data_dir")
+  if _base_name(name) == "digits":
+    from effnet.data import digits as _digits  # noqa: F401  (registers the builder)
+  if data_dir is not None:
+    data_dir = os.path.expanduser(str(data_dir))
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    from effnet.data import digits as _digits  # noqa: F401,F811  (so 'digits' is among the hints)
+    known = tfds.list_builders(with_community_datasets=False)
+    close = difflib.get_close_matches(_base_name(name), known, n=5)
+    raise ValueError(
+        f"config.data.name={name!r} is not a known tfds dataset. Use 'digits' (built in, offline), "
+        f"'imagenet2012' (manual download) or any name from tfds.list_builders()"
+        + (f"; close matches: {close}" if close else "") + ".") from e
+  if prepare:
+    _prepare(builder, data_cfg)
+  return builder
+
+
+def _prepare(builder, data_cfg):
+  if builder.is_prepared():
+    return
+  manual_dir = _get(data_cfg, "manual_dir")
+  needs_manual = bool(getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None))
+  expected_manual = manual_dir or os.path.join(str(builder._data_dir_root), "downloads", "manual")  # pylint: disable=protected-access
+  download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
+  try:
+    builder.download_and_prepare(download_config=download_config)
+  except AssertionError as e:
+    if needs_manual and "Manual directory" in str(e):
+      raise ValueError(
+          f"Dataset {builder.name!r} is not prepared under data_dir={str(builder._data_dir_root)!r} "  # pylint: disable=protected-access
+          f"and needs a manual download: put the archives (for imagenet2012: ILSVRC2012_img_train.tar and "
+          f"ILSVRC2012_img_val.tar) in {expected_manual!r} (set config.data.manual_dir to use another "
+          f"directory, or config.data.data_dir to point at an already prepared copy).") from e
+    raise
+
+
+def _split_num_examples(builder, split):
+  """Number of examples in `split` (str or tfds sub-split) from the builder info; None if the info lacks it."""
+  try:
+    n = builder.info.splits[split].num_examples
+  except (KeyError, ValueError, TypeError, AttributeError):
+    return None
+  return int(n) if n is not None else None
+
+
+def host_split_num_examples(builder, split, process_index, process_count):
+  """Examples one host reads per epoch of `split` (the train reading drops the remainder, so every host has
+  floor(n / process_count)); counted when the builder info lacks split sizes (tfds mock data)."""
+  n = _split_num_examples(builder, split)
+  if n is None:
+    n = _count(builder.as_dataset(split=split, decoders=_decoders(builder), shuffle_files=False))
+  return n // process_count
+
+
+def default_eval_split(builder):
+  splits = builder.info.splits
+  if splits and "validation" in splits:
+    return "validation"
+  return "test"
+
+
+def _eval_split(data_cfg, builder):
+  return _get(data_cfg, "eval_split") or default_eval_split(builder)
+
+
+def num_train_examples(data_cfg, override=None, builder=None):
+  """config.train.num_train_examples (pass as `override`) if set, else the train split size from tfds."""
+  if override is not None:
+    return int(override)
+  builder = builder or get_builder(data_cfg)
+  n = _split_num_examples(builder, _get(data_cfg, "train_split"))
+  if n is None:
+    raise ValueError(
+        f"cannot read the size of split {_get(data_cfg, 'train_split')!r} of {builder.name!r} from tfds; "
+        f"set config.train.num_train_examples")
+  return n
+
+
+def num_eval_examples(data_cfg, builder=None):
+  """Size of the eval split (from tfds info, or by counting when the info has no splits, e.g. under mock data)."""
+  builder = builder or get_builder(data_cfg)
+  split = _eval_split(data_cfg, builder)
+  n = _split_num_examples(builder, split)
+  if n is None:
+    n = _count(builder.as_dataset(split=split, decoders=_decoders(builder), shuffle_files=False))
+  return n
+
+
+def _count(ds):
+  return int(ds.reduce(np.int64(0), lambda c, _: c + 1).numpy())
+
+
+def _keys(builder):
+  sk = builder.info.supervised_keys
+  if isinstance(sk, tuple) and len(sk) == 2 and all(isinstance(k, str) for k in sk):
+    return sk
+  return "image", "label"
+
+
+def _decoders(builder):
+  image_key, _ = _keys(builder)
+  feature = builder.info.features[image_key] if image_key in builder.info.features else None
+  if isinstance(feature, tfds.features.Image):
+    return {image_key: tfds.decode.SkipDecoding()}
+  return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Image ops (single HWC image, TF)
+# ----------------------------------------------------------------------------------------------------------------
+def _resolve_resize(resize_method, recipe):
+  if resize_method is not None:
+    return resize_method
+  return "bicubic" if recipe in ("inception_v1", "center_crop_v1") else "bilinear"
+
+
+def resize(image, image_size, method):
+  """[h,w,c] -> float32 [S,S,c]. 'bicubic' = TF legacy resize_bicubic (no half-pixel centers, a=-0.75, as in the
+  official v1 code); 'bilinear' = tf.image.resize bilinear (half-pixel centers, as in the official v2 code)."""
+  _check_choice("resize_method", method, RESIZE_METHODS)
+  if method == "bicubic":
+    # raw op = tf.compat.v1.image.resize_bicubic without its deprecation warning
+    return tf.raw_ops.ResizeBicubic(images=image[None], size=[image_size, image_size], align_corners=False,
+                                    half_pixel_centers=False)[0]
+  return tf.image.resize(image, [image_size, image_size], method="bilinear")
+
+
+def to_uint8(image):
+  return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+
+
+def center_crop_window(height, width, image_size, recipe, crop_padding=32):
+  """Crop window (y, x, h, w) of the eval recipes, as int32 tensors.
+
+  center_crop_v1 (official TPU): c = int(S/(S+pad) * min(h,w)), offset ((h-c+1)//2, (w-c+1)//2).
+  center_crop_v2 (official AML): S < 320: same c, offset ((h-c)//2, (w-c)//2); S >= 320: whole image.
+  resize: whole image.
+  """
+  height = tf.cast(height, tf.int32)
+  width = tf.cast(width, tf.int32)
+  if recipe == "resize" or (recipe == "center_crop_v2" and image_size >= _V2_NO_CROP_SIZE):
+    return tf.constant(0, tf.int32), tf.constant(0, tf.int32), height, width
+  ratio = image_size / (image_size + crop_padding)
+  c = tf.cast(ratio * tf.cast(tf.minimum(height, width), tf.float32), tf.int32)
+  rounding = 1 if recipe == "center_crop_v1" else 0
+  return (height - c + rounding) // 2, (width - c + rounding) // 2, c, c
+
+
+def _random_crop_window(height, width, image_size, recipe, crop_padding, seed):
+  """Inception-style random window; inception_v1 falls back to the v1 center crop when the sample is the image."""
+  height = tf.cast(height, tf.int32)
+  width = tf.cast(width, tf.int32)
+  if recipe == "resize":
+    return tf.constant(0, tf.int32), tf.constant(0, tf.int32), height, width
+  bbox = tf.constant([[[0.0, 0.0, 1.0, 1.0]]], tf.float32)
+  if recipe == "inception_v1":
+    kwargs = dict(min_object_covered=0.1, aspect_ratio_range=(3.0 / 4.0, 4.0 / 3.0), area_range=(0.08, 1.0),
+                  max_attempts=10)
+  else:  # inception_v2 (AML): TF's default aspect range and attempts
+    kwargs = dict(min_object_covered=0.0, aspect_ratio_range=(0.75, 1.33), area_range=(0.05, 1.0),
+                  max_attempts=100)
+  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      tf.stack([height, width, 3]), bbox, seed=seed, use_image_if_no_bounding_boxes=True, **kwargs)
+  y, x, h, w = begin[0], begin[1], size[0], size[1]
+  if recipe == "inception_v1":
+    whole = tf.logical_and(tf.equal(h, height), tf.equal(w, width))
+    cy, cx, ch, cw = center_crop_window(height, width, image_size, "center_crop_v1", crop_padding)
+    y, x, h, w = (tf.where(whole, a, b) for a, b in zip((cy, cx, ch, cw), (y, x, h, w)))
+  return y, x, h, w
+
+
+def _to_rgb(image):
+  if image.shape.rank == 2:
+    image = image[..., None]
+  if image.shape[-1] == 1:
+    image = tf.image.grayscale_to_rgb(image)
+  elif image.shape[-1] == 4:
+    image = image[..., :3]
+  return image
+
+
+def decode_and_crop(image, window_fn):
+  """Encoded bytes (JPEG: decode_and_crop_jpeg; other formats: decode then crop) or a decoded array -> uint8 crop.
+
+  window_fn(height, width) -> (y, x, h, w).
+  """
+  if image.dtype == tf.string:
+    def jpeg():
+      shape = tf.image.extract_jpeg_shape(image)
+      y, x, h, w = window_fn(shape[0], shape[1])
+      return tf.image.decode_and_crop_jpeg(image, tf.stack([y, x, h, w]), channels=3)
+
+    def other():
+      decoded = tf.io.decode_image(image, channels=3, expand_animations=False)
+      return _crop_array(decoded, window_fn)
+
+    out = tf.cond(tf.io.is_jpeg(image), jpeg, other)
+    out.set_shape([None, None, 3])
+    return out
+  image = _to_rgb(tf.convert_to_tensor(image))
+  if image.dtype != tf.uint8:
+    image = tf.cast(image, tf.uint8)
+  return _crop_array(image, window_fn)
+
+
+def _crop_array(image, window_fn):
+  shape = tf.shape(image)
+  y, x, h, w = window_fn(shape[0], shape[1])
+  return image[y:y + h, x:x + w, :]
+
+
+def preprocess_eval_image(image, image_size, recipe="center_crop_v1", crop_padding=32, resize_method=None):
+  """Encoded bytes or HWC array -> uint8 [S,S,3] per the eval recipe."""
+  _check_choice("eval_preprocess", recipe, EVAL_PREPROCESS)
+  method = _resolve_resize(resize_method, recipe)
+  crop = decode_and_crop(image, lambda h, w: center_crop_window(h, w, image_size, recipe, crop_padding))
+  out = to_uint8(resize(crop, image_size, method))
+  out.set_shape([image_size, image_size, 3])
+  return out
+
+
+def preprocess_train_image(image, image_size, seed, recipe="inception_v1", crop_padding=32, resize_method=None,
+                           flip=True, augment="none", randaug_num_layers=2, randaug_magnitude=10.0):
+  """Encoded bytes or HWC array -> uint8 [S,S,3]: random crop, resize, flip, augmentation. `seed`: int [2]."""
+  _check_choice("train_preprocess", recipe, TRAIN_PREPROCESS)
+  _check_choice("augment", augment, AUGMENTS)
+  method = _resolve_resize(resize_method, recipe)
+  seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=3)
+  crop = decode_and_crop(
+      image, lambda h, w: _random_crop_window(h, w, image_size, recipe, crop_padding, seeds[0]))
+  out = to_uint8(resize(crop, image_size, method))
+  if flip:
+    out = tf.image.stateless_random_flip_left_right(out, seeds[1])
+  out = apply_augment(out, augment, randaug_num_layers, randaug_magnitude, seeds[2])
+  out.set_shape([image_size, image_size, 3])
+  return out
+
+
+def _call_with_optional_seed(fn, *args, seed=None, **kwargs):
+  try:
+    params = inspect.signature(fn).parameters
+  except (TypeError, ValueError):
+    params = {}
+  if "seed" in params:
+    kwargs["seed"] = seed
+  return fn(*args, **kwargs)
+
+
+def apply_augment(image, augment, num_layers, magnitude, seed):
+  """Augmentation hook on a uint8 HWC image. effnet.data.augment is imported lazily (only when used)."""
+  _check_choice("augment", augment, AUGMENTS)
+  if augment == "none":
+    return image
+  if augment == "ft":
+    size = image.shape[0] or tf.shape(image)[0]
+    return cutout(image, pad_size=size // 4, replace=128, seed=seed)
+  from effnet.data import augment as aug  # pylint: disable=import-outside-toplevel
+  if augment == "randaugment":
+    return _call_with_optional_seed(aug.randaugment, image, num_layers, magnitude, seed=seed)
+  return _call_with_optional_seed(aug.autoaugment, image, policy="v0", seed=seed)
+
+
+def cutout(image, pad_size, replace, seed):
+  """Official-style cutout: a (2*pad_size)^2 box centred at a uniform pixel, clipped to the image, set to `replace`."""
+  shape = tf.shape(image)
+  h, w = shape[0], shape[1]
+  s1, s2 = tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=2))
+  cy = tf.random.stateless_uniform([], s1, 0, h, dtype=tf.int32)
+  cx = tf.random.stateless_uniform([], s2, 0, w, dtype=tf.int32)
+  rows = tf.range(h)[:, None]
+  cols = tf.range(w)[None, :]
+  inside = (rows >= cy - pad_size) & (rows < cy + pad_size) & (cols >= cx - pad_size) & (cols < cx + pad_size)
+  return tf.where(inside[..., None], tf.cast(replace, image.dtype), image)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Datasets
+# ----------------------------------------------------------------------------------------------------------------
+def _prefetch(data_cfg):
+  p = _get(data_cfg, "prefetch")
+  return tf.data.AUTOTUNE if p is None or p < 0 else int(p)
+
+
+def _options():
+  options = tf.data.Options()
+  options.deterministic = True
+  options.experimental_optimization.map_parallelization = True
+  return options
+
+
+def create_train_dataset(data_cfg, *, global_batch_size, image_size=None, process_index=None, process_count=None,
+                         seed=0, start_epoch=0, num_epochs=None, augment=None, randaug_num_layers=None,
+                         randaug_magnitude=None, shuffle=True, builder=None, skip_examples=0):
+  """Per-host train batches {'image': uint8 [B,S,S,3], 'label': int32 [B]}, B = global_batch_size // process_count.
+
+  Deterministic for a given (seed, process_index, epoch). `image_size`, `augment` and `randaug_magnitude` override
+  config.data so that progressive learning can rebuild the dataset per stage (use start_epoch = the stage's first
+  epoch). num_epochs=None repeats forever; otherwise the stream ends after `num_epochs` epochs (partial last batch
+  dropped). Every host yields the same number of batches per epoch (the split's remainder is dropped).
+  `skip_examples` drops that many of this host's examples at the start of `start_epoch` before any decoding, so a
+  run resumed mid-epoch continues the exact example stream (and per-example augmentation seeds) it left.
+  """
+  validate_data_config(data_cfg)
+  process_index, process_count = _process_info(process_index, process_count)
+  batch = per_host_batch_size(global_batch_size, process_count, "train.batch_size")
+  builder = builder or get_builder(data_cfg)
+  image_key, label_key = _keys(builder)
+  image_size = int(image_size or _get(data_cfg, "image_size"))
+  recipe = _get(data_cfg, "train_preprocess")
+  augment = augment if augment is not None else _get(data_cfg, "augment")
+  _check_choice("augment", augment, AUGMENTS)
+  num_layers = randaug_num_layers if randaug_num_layers is not None else _get(data_cfg, "randaug_num_layers")
+  magnitude = randaug_magnitude if randaug_magnitude is not None else _get(data_cfg, "randaug_magnitude")
+  crop_padding = _get(data_cfg, "crop_padding")
+  resize_method = _get(data_cfg, "resize_method")
+  flip = bool(_get(data_cfg, "flip"))
+
+  split = tfds.split_for_jax_process(_get(data_cfg, "train_split"), process_index=process_index,
+                                     process_count=process_count, drop_remainder=True)
+  host_seed = tf.constant([seed, process_index], tf.int64)
+  read_config = tfds.ReadConfig(shuffle_seed=int(seed) * 1000003 + process_index,
+                                shuffle_reshuffle_each_iteration=True, options=_options())
+  base = builder.as_dataset(split=split, shuffle_files=bool(shuffle and _get(data_cfg, "shuffle_files")),
+                            decoders=_decoders(builder), read_config=read_config)
+  base = base.map(lambda ex: {"image": ex[image_key], "label": ex[label_key]})
+  if _get(data_cfg, "cache"):
+    base = base.cache()
+  buffer = int(_get(data_cfg, "shuffle_buffer") or 1)
+
+  def epoch_dataset(epoch):
+    epoch_seed = tf.random.experimental.stateless_fold_in(host_seed, epoch)
+    ds = base
+    if shuffle:
+      # fold_in returns [f(seed), data]: draw a full-range int64 from the whole pair for the shuffle seed
+      shuffle_seed = tf.random.stateless_uniform([], seed=epoch_seed, minval=None, maxval=None, dtype=tf.int64)
+      ds = ds.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+    return ds.enumerate().map(lambda i, ex: (tf.random.experimental.stateless_fold_in(epoch_seed, i), ex))
+
+  last = start_epoch + num_epochs if num_epochs is not None else np.iinfo(np.int64).max
+  ds = tf.data.Dataset.range(start_epoch, last).flat_map(epoch_dataset)
+  if skip_examples:
+    ds = ds.skip(int(skip_examples))
+
+  def preprocess(example_seed, ex):
+    image = preprocess_train_image(
+        ex["image"], image_size, example_seed, recipe=recipe, crop_padding=crop_padding,
+        resize_method=resize_method, flip=flip, augment=augment, randaug_num_layers=num_layers,
+        randaug_magnitude=magnitude)
+    return {"image": image, "label": tf.cast(ex["label"], tf.int32)}
+
+  ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(batch, drop_remainder=True)
+  ds = ds.prefetch(_prefetch(data_cfg))
+  return ds.with_options(_options())
+
+
+EvalData = collections.namedtuple("EvalData", ["dataset", "num_batches", "num_examples", "host_num_examples",
+                                               "per_host_batch_size"])
+EvalData.__doc__ = """Eval stream of one host.
+
+dataset: finite tf.data.Dataset of {'image': uint8 [B,S,S,3], 'label': int32 [B], 'mask': int32 [B]} (mask 1 for
+  real examples, 0 for padding); exactly `num_batches` batches on every host. Iterate it once per evaluation.
+num_examples: the whole eval split (all hosts); host_num_examples: this host's real examples.
+"""
+
+
+def create_eval_dataset(data_cfg, *, global_batch_size, image_size=None, process_index=None, process_count=None,
+                        builder=None):
+  """Eval batches for this host: every example exactly once over all hosts, same batch count on every host."""
+  validate_data_config(data_cfg)
+  process_index, process_count = _process_info(process_index, process_count)
+  batch = per_host_batch_size(global_batch_size, process_count, "eval batch size")
+  builder = builder or get_builder(data_cfg)
+  image_key, label_key = _keys(builder)
+  image_size = int(image_size or _get(data_cfg, "eval_image_size") or _get(data_cfg, "image_size"))
+  recipe = _get(data_cfg, "eval_preprocess")
+  crop_padding = _get(data_cfg, "crop_padding")
+  resize_method = _get(data_cfg, "resize_method")
+  split = _eval_split(data_cfg, builder)
+  decoders = _decoders(builder)
+
+  host_splits = [tfds.split_for_jax_process(split, process_index=i, process_count=process_count,
+                                            drop_remainder=False) for i in range(process_count)]
+
+  def read(s):
+    return builder.as_dataset(split=s, shuffle_files=False, decoders=decoders,
+                              read_config=tfds.ReadConfig(options=_options()))
+
+  counts = [_split_num_examples(builder, s) for s in host_splits]
+  if any(c is None for c in counts):  # e.g. tfds mock data: no split info -> count
+    counts = [_count(read(s)) for s in host_splits]
+  num_batches = max(math.ceil(c / batch) for c in counts) if counts else 0
+  host_count = counts[process_index]
+
+  def preprocess(ex):
+    image = preprocess_eval_image(ex[image_key], image_size, recipe, crop_padding, resize_method)
+    return {"image": image, "label": tf.cast(ex[label_key], tf.int32), "mask": tf.constant(1, tf.int32)}
+
+  ds = read(host_splits[process_index]).map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+  pad = tf.data.Dataset.from_tensors({
+      "image": tf.zeros([image_size, image_size, 3], tf.uint8),
+      "label": tf.constant(0, tf.int32),
+      "mask": tf.constant(0, tf.int32)}).repeat()
+  ds = ds.concatenate(pad).take(num_batches * batch).batch(batch, drop_remainder=True)
+  if _get(data_cfg, "cache"):
+    ds = ds.cache()
+  ds = ds.prefetch(_prefetch(data_cfg)).with_options(_options())
+  return EvalData(ds, num_batches, int(sum(counts)), int(host_count), batch)
+
+
+Datasets = collections.namedtuple("Datasets", ["train", "eval", "num_train_examples", "num_eval_examples",
+                                               "num_eval_batches", "train_per_host_batch_size",
+                                               "eval_per_host_batch_size", "builder"])
+
+
+def create_datasets(data_cfg, *, global_batch_size, eval_batch_size, image_size=None, eval_image_size=None,
+                    process_index=None, process_count=None, seed=0, num_epochs=None, start_epoch=0,
+                    num_train_examples_override=None):
+  """Both pipelines plus the counts a training loop needs; see create_train_dataset / create_eval_dataset."""
+  validate_data_config(data_cfg)
+  process_index, process_count = _process_info(process_index, process_count)
+  per_host_batch_size(global_batch_size, process_count, "train.batch_size")
+  per_host_batch_size(eval_batch_size, process_count, "eval batch size")
+  builder = get_builder(data_cfg)
+  train = create_train_dataset(data_cfg, global_batch_size=global_batch_size, image_size=image_size,
+                               process_index=process_index, process_count=process_count, seed=seed,
+                               start_epoch=start_epoch, num_epochs=num_epochs, builder=builder)
+  ev = create_eval_dataset(data_cfg, global_batch_size=eval_batch_size, image_size=eval_image_size,
+                           process_index=process_index, process_count=process_count, builder=builder)
+  try:
+    n_train = num_train_examples(data_cfg, num_train_examples_override, builder)
+  except ValueError:
+    n_train = None
+  return Datasets(train, ev.dataset, n_train, ev.num_examples, ev.num_batches,
+                  global_batch_size // process_count, ev.per_host_batch_size, builder)

@@ -1,0 +1,54 @@
+"""Metric writing and progress reporting with clu: TensorBoard summaries plus readable log lines on host 0 only,
+a parameter overview at start, and steps/s, ETA and images/s while training."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+from clu import metric_writers, parameter_overview, periodic_actions
+
+
+def create_writer(workdir: str):
+  """TensorBoard + logging writer; non-zero hosts only log (clu's convention, avoids duplicate event files)."""
+  return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0, asynchronous=True)
+
+
+def log_parameter_overview(params) -> None:
+  if jax.process_index() == 0:
+    parameter_overview.log_parameter_overview(params)
+
+
+def report_progress(num_train_steps: int, writer):
+  return periodic_actions.ReportProgress(num_train_steps=num_train_steps, writer=writer, every_secs=60)
+
+
+class Throughput:
+  """Images/s between two log points (host-side wall clock; the step results are already fetched there)."""
+
+  def __init__(self, step: int):
+    self.step, self.time = step, time.perf_counter()
+
+  def update(self, step: int, batch_size: int) -> float:
+    now = time.perf_counter()
+    rate = (step - self.step) * batch_size / max(now - self.time, 1e-9)
+    self.step, self.time = step, now
+    return rate
+
+
+def to_scalars(computed: Mapping[str, Any], prefix: str) -> dict[str, float]:
+  return {f'{prefix}{k}': float(np.asarray(v)) for k, v in computed.items()}
+
+
+def write_json(path: str, data: Mapping[str, Any]) -> None:
+  """Writes a JSON file atomically (tmp + rename) from host 0."""
+  if jax.process_index() != 0:
+    return
+  tmp = f'{path}.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(data, f, indent=2, sort_keys=True, default=float)
+  os.replace(tmp, path)

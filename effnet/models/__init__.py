@@ -1,0 +1,218 @@
+"""Model API: `build_model(model_config)`, the official variant settings, fast initialisation and counting.
+
+Stable names used by notebooks and outside checks: build_model, variant_settings, init_variables, count_params,
+count_macs.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from effnet.models import arch
+from effnet.models.arch import BlockSpec, Block
+from effnet.models.efficientnet import EfficientNet
+from effnet.models.layers import DEPTHWISE_IMPLS
+
+FAMILIES = ('v1', 'v2')
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+V1_VARIANTS = tuple(arch.V1_TABLE)
+V2_VARIANTS = tuple(arch.V2_TABLE)
+
+
+def _get(cfg, name, default=None):
+  if isinstance(cfg, Mapping):
+    return cfg.get(name, default)
+  return getattr(cfg, name, default) if hasattr(cfg, name) else default
+
+
+def variant_settings(family: str, variant: str) -> dict:
+  """The official architecture and recipe numbers of a named variant (or v1 'phi=<float>').
+
+  Returns a plain dict: blocks, width/depth coefficients, round rule, image sizes, dropout, BN momentum and,
+  for v2, the RandAugment magnitude and mixup alpha of google/automl's effnetv2_configs.py.
+  """
+  if family == 'v1':
+    if variant.startswith('phi='):
+      try:
+        phi = float(variant[4:])
+      except ValueError:
+        raise ValueError(f'model.variant={variant!r}: phi must be a number, e.g. "phi=1.5"') from None
+      width, depth, _ = arch.phi_coefficients(phi)
+      res, drop = arch.phi_resolution(phi), arch.phi_dropout(phi)
+    elif variant in arch.V1_TABLE:
+      width, depth, res, drop = arch.V1_TABLE[variant]
+    else:
+      raise ValueError(f'model.variant={variant!r} for family v1; allowed: {V1_VARIANTS} or "phi=<float>"')
+    return dict(family='v1', variant=variant, blocks=arch.V1_BASE_BLOCKS, width_coefficient=width,
+                depth_coefficient=depth, round_rule='tpu', image_size=res, eval_image_size=res, dropout_rate=drop,
+                bn_momentum=0.99, randaug_magnitude=0.0, mixup_alpha=0.0)
+  if family == 'v2':
+    if variant not in arch.V2_TABLE:
+      raise ValueError(f'model.variant={variant!r} for family v2; allowed: {V2_VARIANTS}')
+    blocks, width, depth, train, ev, drop, ra, mix = arch.V2_TABLE[variant]
+    # BN momentum: the v2 paper says 0.99, google/automl's code trains with 0.9. We follow the code (the released
+    # checkpoints were trained with it); set model.bn_momentum=0.99 for the paper's value.
+    return dict(family='v2', variant=variant, blocks=blocks, width_coefficient=width, depth_coefficient=depth,
+                round_rule='automl', image_size=train, eval_image_size=ev, dropout_rate=drop, bn_momentum=0.9,
+                randaug_magnitude=float(ra), mixup_alpha=mix)
+  raise ValueError(f'model.family={family!r}; allowed: {FAMILIES}')
+
+
+def model_blocks(model_config) -> tuple[list[Block], int, int]:
+  """Scaled, unrolled blocks plus stem and head widths for a model config; validates every field it reads."""
+  blocks = _get(model_config, 'blocks')
+  if not blocks:
+    raise ValueError('model.blocks is empty; give block strings such as "r1_k3_s11_e1_i32_o16_se0.25"')
+  width = float(_get(model_config, 'width_coefficient', 1.0))
+  depth = float(_get(model_config, 'depth_coefficient', 1.0))
+  rule = _get(model_config, 'round_rule', 'tpu')
+  divisor = int(_get(model_config, 'depth_divisor', 8))
+  min_depth = _get(model_config, 'min_depth', None)
+  se_ratio = _get(model_config, 'se_ratio', None)
+  survival = float(_get(model_config, 'survival_prob', 0.8))
+  if divisor < 1:
+    raise ValueError(f'model.depth_divisor={divisor}; allowed: >= 1')
+  if not 0.0 < survival <= 1.0:
+    raise ValueError(f'model.survival_prob={survival}; allowed: (0, 1]')
+  stages = arch.scale_stages(blocks, width, depth, rule, divisor, min_depth, se_ratio)
+  stem, head = arch.stem_and_head(blocks, width, int(_get(model_config, 'head_filters', 1280)), rule, divisor,
+                                  min_depth)
+  return arch.expand_blocks(stages, survival), stem, head
+
+
+def build_model(model_config) -> EfficientNet:
+  """Builds the Linen module described by `config.model` (a ConfigDict or a plain mapping)."""
+  blocks, stem, head = model_blocks(model_config)
+  dtype_name = _get(model_config, 'dtype', 'float32')
+  if dtype_name not in DTYPES:
+    raise ValueError(f'model.dtype={dtype_name!r}; allowed: {tuple(DTYPES)}')
+  impl = _get(model_config, 'depthwise_impl', 'auto')
+  if impl not in DEPTHWISE_IMPLS:
+    raise ValueError(f'model.depthwise_impl={impl!r}; allowed: {DEPTHWISE_IMPLS}')
+  num_classes = int(_get(model_config, 'num_classes', 1000))
+  if num_classes < 0:
+    raise ValueError(f'model.num_classes={num_classes}; allowed: >= 0 (0 = no classifier)')
+  drop = float(_get(model_config, 'dropout_rate', 0.2))
+  if not 0.0 <= drop < 1.0:
+    raise ValueError(f'model.dropout_rate={drop}; allowed: [0, 1)')
+  group = int(_get(model_config, 'bn_group_size', 0) or 0)
+  if group < 0:
+    raise ValueError(f'model.bn_group_size={group}; allowed: 0 (global batch) or a positive example count')
+  return EfficientNet(
+      blocks=tuple(blocks), stem_filters=stem, head_filters=head, num_classes=num_classes, dropout_rate=drop,
+      bn_momentum=float(_get(model_config, 'bn_momentum', 0.99)),
+      bn_epsilon=float(_get(model_config, 'bn_epsilon', 1e-3)), bn_group_size=group,
+      dtype=DTYPES[dtype_name], depthwise_impl=impl)
+
+
+def abstract_variables(module: EfficientNet, image_size: int, batch: int = 1):
+  """Variable shapes from `jax.eval_shape` (nothing is computed or compiled)."""
+  x = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.float32)
+  return jax.eval_shape(functools.partial(module.init, train=False), jax.random.key(0), x)
+
+
+def count_params(module: EfficientNet, image_size: int = 224) -> int:
+  params = abstract_variables(module, image_size)['params']
+  return int(sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))
+
+
+def _leaf_init_rule(path, leaf):
+  """How the official code initialises a variable, read from its path: ('normal', std) / ('uniform', lim) / const."""
+  names = [getattr(k, 'key', str(k)) for k in path]
+  name, parent = names[-1], (names[-2] if len(names) > 1 else '')
+  if names[0] == 'batch_stats':
+    return ('const', 0.0 if name == 'mean' else 1.0)
+  if name == 'bias':
+    return ('const', 0.0)
+  if name == 'scale':
+    return ('const', 1.0)
+  if name == 'kernel' and len(leaf.shape) == 4:
+    kh, kw, _, cout = leaf.shape
+    fan_out = kh * kw * (1 if parent == 'dw_conv' else cout)
+    return ('normal', math.sqrt(2.0 / fan_out))
+  if name == 'kernel' and len(leaf.shape) == 2:
+    return ('uniform', 1.0 / math.sqrt(leaf.shape[-1]))
+  raise ValueError(f'no initialisation rule for variable {"/".join(names)} {leaf.shape}')
+
+
+def make_initializer(module: EfficientNet, image_size: int = 224):
+  """Returns a pure `key -> variables` function (jit-able, e.g. inside a sharded state initialiser).
+
+  Same distributions as `module.init` (different random values): all variables come from one normal and one
+  uniform draw, reshaped per variable. It never traces the forward pass and compiles a handful of ops instead of
+  one RNG kernel per variable: seconds instead of the 30-60 s a jitted `module.init` takes for B0-sized nets.
+  """
+  abstract = abstract_variables(module, image_size)
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
+  rules = [_leaf_init_rule(p, l) for p, l in leaves]
+  sizes = [math.prod(l.shape) for _, l in leaves]
+  n_normal = sum(s for s, r in zip(sizes, rules) if r[0] == 'normal')
+  n_uniform = sum(s for s, r in zip(sizes, rules) if r[0] == 'uniform')
+
+  def init(key):
+    k1, k2 = jax.random.split(key)
+    normal = jax.random.normal(k1, (max(n_normal, 1),), jnp.float32)
+    uniform = jax.random.uniform(k2, (max(n_uniform, 1),), jnp.float32, -1.0, 1.0)
+    out, on, ou = [], 0, 0
+    for (_, leaf), size, (kind, val) in zip(leaves, sizes, rules):
+      if kind == 'normal':
+        out.append(normal[on:on + size].reshape(leaf.shape) * val)
+        on += size
+      elif kind == 'uniform':
+        out.append(uniform[ou:ou + size].reshape(leaf.shape) * val)
+        ou += size
+      else:
+        out.append(jnp.full(leaf.shape, val, leaf.dtype))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+  return init
+
+
+def init_variables(module: EfficientNet, rng, image_size: int = 224, out_shardings=None):
+  """Initialises all variables with `make_initializer`, optionally straight into `out_shardings`."""
+  return jax.jit(make_initializer(module, image_size), out_shardings=out_shardings)(rng)
+
+
+def count_macs(module: EfficientNet, image_size: int, variables=None) -> int:
+  """Multiply-adds of one eval forward pass at `image_size` (what the papers call FLOPs), read off the jaxpr.
+
+  Counts every convolution and matmul (SE and classifier included); elementwise ops are not counted, like
+  tfprof's float_ops/2 that the official code reports. Depthwise convs are traced as convolutions for counting.
+  """
+  module = module.clone(depthwise_impl='conv', dtype=jnp.float32)
+  if variables is None:
+    variables = abstract_variables(module, image_size)
+  x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  jaxpr = jax.make_jaxpr(lambda v, x: module.apply(v, x, train=False))(variables, x)
+  return int(_jaxpr_macs(jaxpr.jaxpr))
+
+
+def _jaxpr_macs(jaxpr) -> float:
+  total = 0
+  for eqn in jaxpr.eqns:
+    prim = eqn.primitive.name
+    if prim == 'conv_general_dilated':
+      out = eqn.outvars[0].aval.shape
+      rhs = eqn.invars[1].aval.shape  # HWIO; I is in/groups already
+      total += math.prod(out) * rhs[0] * rhs[1] * rhs[2]
+    elif prim == 'dot_general':
+      (lc, _), _ = eqn.params['dimension_numbers']
+      lhs = eqn.invars[0].aval.shape
+      out = eqn.outvars[0].aval.shape
+      total += math.prod(out) * math.prod(lhs[d] for d in lc)
+    for sub in _subjaxprs(eqn):
+      total += _jaxpr_macs(sub)
+  return total
+
+
+def _subjaxprs(eqn):
+  for v in eqn.params.values():
+    if hasattr(v, 'jaxpr') and hasattr(v.jaxpr, 'eqns'):
+      yield v.jaxpr
+    elif hasattr(v, 'eqns'):
+      yield v

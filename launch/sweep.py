@@ -1,0 +1,257 @@
+"""Expand a config file's `sweep()` into runs, run them (locally one after another, or on TPU VMs), and collect every
+run's final_metrics.json with its overrides into one table (results.csv / results.json).
+
+Why: the kauldron/big_vision convention keeps a sweep next to the config it varies: `sweep(name=None)` returns a list
+of override dicts such as {'optim.lr_base': 0.01}. Each run gets a readable workdir name derived from its overrides,
+so re-running the same sweep finds finished runs (a final_metrics.json) and skips them, and an interrupted run
+resumes from the checkpoint in its workdir. Workdirs may be local or gs:// (etils.epath, as orbax and tfds use).
+
+    python -m launch.sweep --config=configs/efficientnetv2.py:s --sweep=lr --workdir_root=/tmp/sweeps/lr
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import importlib.util
+import inspect
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from typing import Any, Sequence
+
+from launch import DEFAULT_MODULE, Runner, format_override_value, override_flags
+
+METRICS_FILE = "final_metrics.json"
+_MAX_NAME = 120
+
+
+def _path(p: str):
+  from etils import epath  # local paths and gs:// through the same API orbax/tfds use
+  return epath.Path(p)
+
+
+def split_config_arg(config: str) -> tuple[str, str | None]:
+  """'configs/efficientnetv2.py:s,runlocal' -> ('configs/efficientnetv2.py', 's,runlocal')."""
+  path, sep, arg = config.partition(":")
+  if not path.endswith(".py"):
+    raise ValueError(f"config={config!r}: expected PATH.py or PATH.py:ARG")
+  return path, (arg if sep else None)
+
+
+def load_config_module(path: str):
+  if not os.path.exists(path):
+    raise ValueError(f"config: file {path!r} does not exist")
+  name = "_effnet_sweep_config_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def expand(module, name: str | None = None) -> list[dict[str, Any]]:
+  """Calls module.sweep(name) (or sweep() when no name is given and it takes none); returns a list of dicts."""
+  fn = getattr(module, "sweep", None)
+  if fn is None:
+    raise ValueError(f"sweep: config module {getattr(module, '__file__', module)} defines no sweep() function")
+  params = [p for p in inspect.signature(fn).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+  if name is not None:
+    if not params:
+      raise ValueError(f"sweep={name!r}: this config's sweep() takes no name; run without --sweep")
+    runs = fn(name)
+  elif not params or params[0].default is not inspect.Parameter.empty:
+    runs = fn()
+  else:
+    raise ValueError("sweep: this config's sweep(name) needs a name; pass --sweep=NAME")
+  runs = list(runs)  # generators are fine too
+  for i, r in enumerate(runs):
+    if not isinstance(r, dict) or not all(isinstance(k, str) and k for k in r):
+      raise ValueError(f"sweep: item {i} is {r!r}; expected a dict of 'section.field' -> value")
+  return runs
+
+
+def validate(overrides: Sequence[dict], config) -> None:
+  """Every key must name an existing field of the config (catches typos before N runs start)."""
+  for r in overrides:
+    for key in r:
+      node = config
+      for part in key.split("."):
+        try:
+          node = node[part]
+        except (KeyError, TypeError, AttributeError):
+          raise ValueError(f"sweep override {key!r}: no such config field") from None
+
+
+def run_name(overrides: dict) -> str:
+  """{'optim.lr_base': 0.01, 'model.dropout_rate': 0.3} -> 'optim.lr_base=0.01,model.dropout_rate=0.3'."""
+  if not overrides:
+    return "base"
+  text = ",".join(f"{k}={format_override_value(v)}" for k, v in overrides.items())
+  name = re.sub(r"[^A-Za-z0-9._=,+-]+", "_", text).strip("_") or "run"
+  if len(name) > _MAX_NAME:
+    name = name[:_MAX_NAME - 9].rstrip("_,") + "_" + hashlib.sha1(text.encode()).hexdigest()[:8]
+  return name
+
+
+def run_names(runs: Sequence[dict]) -> list[str]:
+  names, seen = [], {}
+  for r in runs:
+    n = run_name(r)
+    if n in seen:
+      seen[n] += 1
+      n = f"{n}_{seen[n]}"
+    else:
+      seen[n] = 0
+    names.append(n)
+  return names
+
+
+def read_metrics(workdir: str) -> dict | None:
+  p = _path(workdir) / METRICS_FILE
+  if not p.exists():
+    return None
+  return json.loads(p.read_text())
+
+
+def collect(workdir_root: str, runs: Sequence[dict], names: Sequence[str],
+            status: dict[str, str] | None = None) -> list[dict]:
+  """One record per run: name, workdir, status, overrides, metrics; also writes results.csv/results.json."""
+  status = status or {}
+  records = []
+  for r, n in zip(runs, names):
+    wd = str(_path(workdir_root) / n)
+    m = read_metrics(wd)
+    records.append({"run": n, "workdir": wd, "status": "done" if m is not None else status.get(n, "missing"),
+                    "overrides": dict(r), "metrics": m or {}})
+  root = _path(workdir_root)
+  root.mkdir(parents=True, exist_ok=True)
+  (root / "results.json").write_text(json.dumps(records, indent=2, default=str))
+  okeys = list(dict.fromkeys(k for rec in records for k in rec["overrides"]))
+  mkeys = list(dict.fromkeys(k for rec in records for k in rec["metrics"]))
+  rows = [["run", "status", *okeys, *mkeys, "workdir"]]
+  for rec in records:
+    rows.append([rec["run"], rec["status"], *[_cell(rec["overrides"].get(k, "")) for k in okeys],
+                 *[_cell(rec["metrics"].get(k, "")) for k in mkeys], rec["workdir"]])
+  import io
+  buf = io.StringIO()
+  csv.writer(buf, lineterminator="\n").writerows(rows)
+  (root / "results.csv").write_text(buf.getvalue())
+  return records
+
+
+def _cell(v) -> str:
+  if isinstance(v, float) and math.isfinite(v):
+    return repr(v)
+  return format_override_value(v) if not isinstance(v, str) else v
+
+
+def run_local(runner: Runner, config: str, workdir: str, overrides: dict, extra: Sequence[str],
+              module: str = DEFAULT_MODULE) -> int:
+  argv = [sys.executable, "-m", module, f"--config={config}", f"--workdir={workdir}", *override_flags(overrides),
+          *extra]
+  return runner.run(argv, check=False).returncode
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  extra = []
+  if "--" in argv:
+    i = argv.index("--")
+    argv, extra = argv[:i], argv[i + 1:]
+  ap = argparse.ArgumentParser(prog="python -m launch.sweep", description=__doc__.split("\n\n")[0],
+                               epilog="Arguments after `--` go to every run (common overrides). For --backend=tpu, "
+                                      "the TPU options are those of `python -m launch.tpu up`.")
+  ap.add_argument("--config", required=True, help="PATH.py[:ARG], as for effnet.main")
+  ap.add_argument("--sweep", default=None, help="name passed to the config's sweep(name)")
+  ap.add_argument("--workdir_root", "--workdir-root", required=True, help="local dir or gs://bucket/path")
+  ap.add_argument("--backend", choices=["local", "tpu"], default="local")
+  ap.add_argument("--module", default=DEFAULT_MODULE)
+  ap.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true")
+  ap.add_argument("--collect_only", "--collect-only", action="store_true", help="only (re)write results.csv/json")
+  ap.add_argument("--rerun", action="store_true", help="run even when final_metrics.json exists")
+  ap.add_argument("--stop_on_failure", "--stop-on-failure", action="store_true")
+  ap.add_argument("--no_validate", "--no-validate", action="store_true",
+                  help="do not check override keys against get_config(ARG)")
+  tpu = ap.add_argument_group("tpu backend")
+  tpu.add_argument("--tpu_name", "--tpu-name", default=None, help="slice name (or prefix with --tpu_per_run)")
+  tpu.add_argument("--tpu_per_run", "--tpu-per-run", action="store_true",
+                   help="one slice per run (NAME-<i>, created, set up, job started detached) instead of running the "
+                        "runs one after another on one existing slice")
+  tpu.add_argument("--zone", default=None)
+  tpu.add_argument("--project", default=None)
+  tpu.add_argument("--accelerator_type", "--accelerator-type", default="v4-8")
+  tpu.add_argument("--spot", action="store_true")
+  tpu.add_argument("--queued", action="store_true")
+  tpu.add_argument("--tfds_data_dir", "--tfds-data-dir", default=None)
+  tpu.add_argument("--retry_preempted", "--retry-preempted", type=int, default=0)
+  a = ap.parse_args(argv)
+  try:
+    path, arg = split_config_arg(a.config)
+    module = load_config_module(path)
+    runs = expand(module, a.sweep)
+    if not a.no_validate and hasattr(module, "get_config"):
+      validate(runs, module.get_config(arg) if arg is not None else module.get_config())
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  names = run_names(runs)
+  root = a.workdir_root.rstrip("/")
+  print(f"# sweep {a.sweep or '(default)'} of {a.config}: {len(runs)} runs under {root}", flush=True)
+  if a.collect_only:
+    records = collect(root, runs, names)
+    print(f"# {sum(r['status'] == 'done' for r in records)}/{len(records)} finished; wrote {root}/results.csv")
+    return 0
+  runner = Runner(dry_run=a.dry_run)
+  status: dict[str, str] = {}
+  failed = 0
+  if a.backend == "tpu":
+    from launch import tpu as tpu_lib
+    if not a.tpu_name or not a.zone:
+      print("error: tpu_name/zone: required with --backend=tpu", file=sys.stderr)
+      return 2
+    if a.tpu_per_run and a.retry_preempted:
+      print("error: retry_preempted: only with runs on one slice (no --tpu_per_run); per-run slices start detached",
+            file=sys.stderr)
+      return 2
+  for i, (r, n) in enumerate(zip(runs, names)):
+    wd = f"{root}/{n}"
+    if not a.rerun and not a.dry_run and read_metrics(wd) is not None:
+      print(f"# [{i + 1}/{len(runs)}] {n}: finished, skipped", flush=True)
+      status[n] = "done"
+      continue
+    print(f"# [{i + 1}/{len(runs)}] {n}", flush=True)
+    if a.backend == "local":
+      rc = run_local(runner, a.config, wd, r, extra, a.module)
+    else:
+      try:
+        s = tpu_lib.Slice(f"{a.tpu_name}-{i}" if a.tpu_per_run else a.tpu_name, a.zone, a.accelerator_type,
+                          project=a.project, spot=a.spot, queued=a.queued)
+        job = tpu_lib.Job(a.config, wd, [*override_flags(r), *extra], a.module, a.tfds_data_dir)
+        if a.tpu_per_run:  # create + setup + start detached; collect later with --collect_only
+          rc = tpu_lib.do_up(runner, s, job, {}, 0, "nohup")
+          status[n] = "launched"
+        else:  # runs one after another on the existing slice; attached so the next starts when this one ends
+          rc = tpu_lib.do_up(runner, s, job, {}, a.retry_preempted, "none", create=False) if a.retry_preempted \
+              else tpu_lib.do_run(runner, s, job, "none")
+      except (ValueError, subprocess.CalledProcessError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        rc = 1
+    if rc != 0:
+      failed += 1
+      status[n] = f"failed (exit {rc})"
+      if a.stop_on_failure:
+        break
+  if a.dry_run:
+    return 0
+  records = collect(root, runs, names, status)
+  done = sum(r["status"] == "done" for r in records)
+  print(f"# {done}/{len(records)} finished; wrote {root}/results.csv and {root}/results.json", flush=True)
+  return 1 if failed else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

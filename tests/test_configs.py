@@ -1,0 +1,208 @@
+"""Config tests: every get_config arg loads and validates, and the values are the official recipe's
+(/work/shared/reference/efficientnet_official.md §1, §2, §3: tensorflow/tpu and google/automl tables).
+
+Configs are loaded from their file path, as `--config=configs/x.py:arg` does, so nothing depends on `configs`
+being importable as a package.
+"""
+import pathlib
+
+import pytest
+
+from effnet import config_lib
+from effnet.tools.summary import apply_override, load_config
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / 'configs'
+V1 = str(CONFIGS / 'efficientnet.py')
+V2 = str(CONFIGS / 'efficientnetv2.py')
+
+
+def _v1(arg=None):
+  return load_config(f'{V1}:{arg}' if arg else V1)
+
+
+def _v2(arg=None):
+  pytest.importorskip('effnet.progressive')   # configs/efficientnetv2.py imports it (written by another developer)
+  return load_config(f'{V2}:{arg}' if arg else V2)
+
+
+# Reference §1 scaling table (TPU builder): image size (train = eval for TPU v1) and dropout; bn_momentum 0.99.
+V1_TABLE = {'b0': (224, 0.2), 'b1': (240, 0.2), 'b2': (260, 0.3), 'b3': (300, 0.3), 'b4': (380, 0.4),
+            'b5': (456, 0.4), 'b6': (528, 0.5), 'b7': (600, 0.5), 'b8': (672, 0.5), 'l2': (800, 0.5)}
+V1_WD = {'b0': (1.0, 1.0), 'b1': (1.0, 1.1), 'b2': (1.1, 1.2), 'b3': (1.2, 1.4), 'b4': (1.4, 1.8),
+         'b5': (1.6, 2.2), 'b6': (1.8, 2.6), 'b7': (2.0, 3.1), 'b8': (2.2, 3.6), 'l2': (4.3, 5.3)}
+# Reference §2 per-model table (AML effnetv2_configs.py): train, eval, dropout, RandAugment magnitude, mixup α.
+V2_TABLE = {'s': (300, 384, 0.2, 10, 0.0), 'm': (384, 480, 0.3, 15, 0.2), 'l': (384, 480, 0.4, 20, 0.5),
+            'xl': (384, 512, 0.4, 20, 0.5), 'b0': (192, 224, 0.2, 0, 0.0), 'b1': (192, 240, 0.2, 0, 0.0),
+            'b2': (208, 260, 0.3, 0, 0.0), 'b3': (240, 300, 0.3, 0, 0.0)}
+
+
+@pytest.mark.parametrize('variant', sorted(V1_TABLE))
+def test_v1_variants_match_official_table(variant):
+  c = _v1(variant)
+  config_lib.validate(c)
+  size, drop = V1_TABLE[variant]
+  assert (c.model.family, c.model.variant) == ('v1', variant)
+  assert c.data.image_size == c.data.eval_image_size == size
+  assert c.model.dropout_rate == drop
+  assert (c.model.width_coefficient, c.model.depth_coefficient) == V1_WD[variant]
+  assert c.model.bn_momentum == 0.99 and c.model.bn_epsilon == 1e-3
+  assert c.model.round_rule == 'tpu' and c.model.survival_prob == 0.8
+  assert c.model.head_filters == 1280 and c.model.depth_divisor == 8
+
+
+def test_v1_default_is_b0_and_b4_recipe():
+  assert _v1().model.variant == 'b0'
+  c = _v1('b4')
+  assert (c.data.image_size, c.model.dropout_rate, c.model.bn_momentum) == (380, 0.4, 0.99)
+  # tensorflow/tpu recipe (reference §4): lr 0.016 per 256, RMSProp decay 0.9 eps 1e-3, wd 1e-5, EMA 0.9999.
+  assert (c.optim.lr_base, c.optim.rmsprop_decay, c.optim.eps) == (0.016, 0.9, 1e-3)
+  assert (c.optim.weight_decay, c.optim.ema_decay, c.optim.label_smoothing) == (1e-5, 0.9999, 0.1)
+
+
+def test_v1_phi_and_runlocal_and_aml():
+  c = _v1('phi=1.5')
+  config_lib.validate(c)
+  assert c.model.variant == 'phi=1.5'
+  assert c.model.width_coefficient == pytest.approx(1.1 ** 1.5)
+  assert c.model.depth_coefficient == pytest.approx(1.2 ** 1.5)
+  assert 224 < c.data.image_size < 300 and c.data.image_size % 8 == 0   # 224·1.15^1.5 = 276.3 → 280
+  r = _v1('b0,runlocal')
+  config_lib.validate(r)
+  assert r.data.name == 'digits' and r.model.num_classes == 10 and r.model.dtype == 'float32'
+  assert r.data.image_size == 32 and r.train.total_steps is not None
+  assert _v1('runlocal').data.name == 'digits'
+  # google/automl trains v1 at int(0.8·eval)//16·16 (reference §2): b0 176, b4 304, b7 480.
+  for variant, size in (('b0', 176), ('b4', 304), ('b7', 480)):
+    c = _v1(f'{variant},aml')
+    assert (c.data.image_size, c.data.eval_image_size) == (size, V1_TABLE[variant][0])
+
+
+@pytest.mark.parametrize('variant', sorted(V2_TABLE))
+def test_v2_variants_match_official_table(variant):
+  c = _v2(variant)
+  config_lib.validate(c)
+  train, ev, drop, ra, mix = V2_TABLE[variant]
+  assert (c.model.family, c.model.variant) == ('v2', variant)
+  assert (c.data.image_size, c.data.eval_image_size, c.model.dropout_rate) == (train, ev, drop)
+  assert c.model.bn_momentum == 0.9          # AML code (the paper says 0.99; reference §3)
+  assert c.model.round_rule == 'automl'
+  assert c.progressive.enabled
+  if variant.startswith('b'):
+    assert c.data.augment == 'autoaugment'
+  else:
+    assert c.data.augment == 'randaugment'
+    assert c.data.randaug_magnitude == ra
+    assert c.data.mixup_alpha == mix
+
+
+def test_v2_m_recipe_and_runlocal():
+  c = _v2('m')
+  assert (c.data.image_size, c.data.eval_image_size, c.model.dropout_rate) == (384, 480, 0.3)
+  assert (c.data.randaug_magnitude, c.data.mixup_alpha, c.model.bn_momentum) == (15, 0.2, 0.9)
+  assert c.data.normalization == 'inception_128'      # Trap 11: V2 eval (x-128)/128
+  assert c.train.num_train_examples == 1_256_144       # Trap 17: ImageNet train minus minival
+  assert _v2().model.variant == 's'
+  r = _v2('s,runlocal')
+  config_lib.validate(r)
+  assert r.data.name == 'digits' and r.data.image_size == 32
+  p = _v2('s,paper')
+  config_lib.validate(p)
+  assert p.progressive.rule == 'paper'
+
+
+def test_locked_config_rejects_typos():
+  c = _v1('b0')
+  with pytest.raises(AttributeError, match='lrr'):
+    c.optim.lrr = 1
+  with pytest.raises(AttributeError):
+    c.modle = None
+  with pytest.raises(ValueError, match='no such field'):
+    apply_override(c, 'optim.lrr=1')
+
+
+@pytest.mark.parametrize('field,value', [
+    ('data.augment', 'autoaug'), ('data.train_preprocess', 'inception'), ('data.eval_preprocess', 'crop'),
+    ('data.normalization', 'none'), ('optim.schedule', 'linear'), ('optim.weight_decay_rule', 'adamw'),
+    ('train.nan_policy', 'ignore'), ('distributed.initialize', 'maybe'), ('progressive.rule', 'table'),
+    ('model.dtype', 'int8'), ('model.family', 'v3'), ('model.round_rule', 'floor'),
+])
+def test_validate_rejects_bad_enums_naming_field(field, value):
+  c = _v1('b0')
+  section, name = field.split('.')
+  c[section][name] = value
+  with pytest.raises(ValueError) as e:
+    config_lib.validate(c)
+  msg = str(e.value)
+  assert field in msg and 'allowed' in msg, msg
+
+
+@pytest.mark.parametrize('field,value', [
+    ('train.batch_size', 0), ('model.width_coefficient', -1.0), ('optim.weight_decay', -1e-5),
+    ('optim.ema_decay', 1.0), ('model.survival_prob', 0.0),
+])
+def test_validate_rejects_out_of_range(field, value):
+  c = _v1('b0')
+  section, name = field.split('.')
+  c[section][name] = value
+  with pytest.raises(ValueError, match=field.replace('.', r'\.')):
+    config_lib.validate(c)
+
+
+def test_parse_arg_rejects_unknown_args():
+  with pytest.raises(ValueError, match='allowed'):
+    _v1('b0,foo=1')
+  with pytest.raises(ValueError, match='model.variant'):
+    _v1('b9')
+  with pytest.raises(ValueError):
+    _v1('phi=abc')
+  pytest.importorskip('effnet.progressive')
+  with pytest.raises(ValueError, match='allowed'):
+    _v2('s,foo=1')
+  with pytest.raises(ValueError, match='model.variant'):
+    _v2('xxl')
+
+
+def test_parse_arg_types():
+  a = config_lib.parse_arg('b3,runlocal,res=128', variant='b0', runlocal=False, res=224)
+  assert (a.variant, a.runlocal, a.res) == ('b3', True, 128)
+  assert config_lib.parse_arg(None, variant='b0').variant == 'b0'
+  with pytest.raises(ValueError, match='allowed'):
+    config_lib.parse_arg('x=1', variant='b0')
+
+
+def _get_path(c, key):
+  node = c
+  for part in key.split('.'):
+    assert part in node, f'sweep key {key!r} is not a config field'
+    node = node[part]
+  return node
+
+
+@pytest.mark.parametrize('path,names', [(V1, ('lr', 'dropout', 'se')), (V2, ('stages', 'lr', 'randaug'))])
+def test_sweep_keys_exist_and_apply(path, names):
+  if path == V2:
+    pytest.importorskip('effnet.progressive')
+  import importlib.util
+  spec = importlib.util.spec_from_file_location('_sweep_cfg', path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  assert mod.sweep()                         # the default sweep
+  for name in names:
+    overrides = mod.sweep(name)
+    assert overrides and all(isinstance(o, dict) and o for o in overrides)
+    for o in overrides:
+      c = mod.get_config()
+      for key, value in o.items():
+        _get_path(c, key)
+        apply_override(c, f'{key}={value}')
+        assert _get_path(c, key) == value
+      config_lib.validate(c)
+  with pytest.raises(ValueError, match='allowed'):
+    mod.sweep('nope')
+
+
+def test_load_config_errors():
+  with pytest.raises(ValueError, match='no such file'):
+    load_config('configs/does_not_exist.py:b0')
+  with pytest.raises(ValueError, match='.py'):
+    load_config('configs/efficientnet:b0')

@@ -1,0 +1,79 @@
+"""Progressive learning through the real trainer: stage sizes, regularization, ahead-of-time compilation and the
+persistent compilation cache (issue: progressive learning)."""
+import json
+import os
+
+from effnet import train
+from effnet.tools.summary import load_config
+
+TINY_BLOCKS = ('r1_k3_s1_e1_i16_o16_c1', 'r1_k3_s2_e4_i16_o24_se0.25')
+
+
+def _progressive_config(total_steps=8, cache_dir=None):
+  c = load_config('configs/demo.py:progressive')
+  c.model.blocks = TINY_BLOCKS
+  c.model.head_filters = 64
+  c.model.width_coefficient = c.model.depth_coefficient = 1.0
+  c.train.total_steps = total_steps
+  c.train.batch_size = 16
+  c.train.log_every_steps = 1
+  c.train.eval_every_steps = 1000
+  c.train.checkpoint_every_steps = 1000
+  c.train.compile_cache_dir = cache_dir
+  c.progressive.dropout_min, c.progressive.dropout_max = 0.0, 0.3
+  c.progressive.mixup_min, c.progressive.mixup_max = 0.0, 0.3
+  return c
+
+
+def test_four_stage_digits_run_and_compile_cache(tmp_path):
+  cache = str(tmp_path / 'cache')
+  final = train.train_and_evaluate(_progressive_config(cache_dir=cache), str(tmp_path / 'run1'))
+  stages = json.load(open(tmp_path / 'run1' / 'stages.json'))['stages']
+  # Paper rule, S_i = 16 + (32 − 16)·i/3 = 16, 21.3, 26.7, 32, rounded to a multiple of 8 (the last stage is exact).
+  assert [s['image_size'] for s in stages] == [16, 24, 24, 32]
+  # dropout 0 → 0.3 and mixup 0 → 0.3 linearly over i/(M−1); each stage trains N/M = 2 steps.
+  assert [round(s['dropout_rate'], 6) for s in stages] == [0.0, 0.1, 0.2, 0.3]
+  assert [round(s['mixup_alpha'], 6) for s in stages] == [0.0, 0.1, 0.2, 0.3]
+  # The next stage's executable was requested (compiling in the background) before every switch to a new shape;
+  # stage 2 reuses stage 1's executable.
+  assert [s['aot_requested'] for s in stages] == [False, True, True, True]
+  assert all(s['compile_s'] > 0 for s in stages)
+  assert final['steps'] == 8 and final['eval_num_examples'] == 359
+  assert final['train_image_size'] == 32
+  # Every distinct shape was compiled once: 3 train sizes + 1 eval, and nothing came from the (empty) cache.
+  assert final['compile_cache_hits'] == 0
+
+  # A second run with the same cache directory loads every executable and compiles nothing.
+  final2 = train.train_and_evaluate(_progressive_config(cache_dir=cache), str(tmp_path / 'run2'))
+  assert final2['compile_cache_misses'] - final['compile_cache_misses'] == 0
+  assert final2['compile_cache_hits'] - final['compile_cache_hits'] >= 4
+  # Same seed, same data, same executables: the second run reproduces the first.
+  assert final2['train_loss'] == final['train_loss']
+
+
+def test_resume_mid_stage_lands_in_the_same_stage(tmp_path, monkeypatch):
+  """A run stopped inside stage 2 (steps [4, 6)) resumes in stage 2 at 24 px with stage 2's regularization."""
+  from effnet import checkpoint as ckpt_lib
+  from effnet import progressive
+  wd = str(tmp_path / 'run')
+  c = _progressive_config(total_steps=8, cache_dir=str(tmp_path / 'cache'))  # the restart loads, not compiles
+  c.train.checkpoint_every_steps = 1
+  stages = progressive.build_stages(c.progressive, 8, c.data.image_size, c.train.batch_size)
+  assert (progressive.stage_at(stages, 5).index, progressive.stage_at(stages, 5).image_size) == (2, 24)
+
+  # Simulate a preemption notice that arrives after step 5 (what SIGTERM does, without a signal).
+  real_should_stop = ckpt_lib.should_stop
+  monkeypatch.setattr(ckpt_lib, 'should_stop',
+                      lambda flag, ckpt, step, sync: step >= 5 or real_should_stop(flag, ckpt, step, sync))
+  first = train.train_and_evaluate(c, wd)
+  assert first['stopped'] == 'preempted' and first['steps'] == 5
+  assert not os.path.exists(os.path.join(wd, 'final_metrics.json'))
+
+  monkeypatch.setattr(ckpt_lib, 'should_stop', real_should_stop)
+  resumed = train.train_and_evaluate(c, wd)
+  log = json.load(open(os.path.join(wd, 'stages.json')))['stages']
+  resumed_stages = log[-2:]  # the resumed run logs stage 2 (entered mid-stage) and stage 3
+  assert resumed_stages[0]['stage'] == 2 and resumed_stages[0]['image_size'] == 24
+  assert round(resumed_stages[0]['dropout_rate'], 6) == 0.2 and round(resumed_stages[0]['mixup_alpha'], 6) == 0.2
+  assert resumed_stages[1]['stage'] == 3 and resumed_stages[1]['image_size'] == 32
+  assert resumed['steps'] == 8 and resumed['stopped'] == 'completed'
