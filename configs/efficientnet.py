@@ -13,13 +13,12 @@ from effnet import models
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, variant='b0', runlocal=False, aml=False, phi=-1000.0, alpha=0.0, beta=0.0,
-                           gamma=0.0)
-  variant = a.variant if a.phi == -1000.0 else f'phi={a.phi}'
+  a = config_lib.parse_arg(arg, variant='b0', runlocal=False, aml=False, phi=None, alpha=0.0, beta=0.0, gamma=0.0)
+  variant = a.variant if a.phi is None else f'phi={a.phi}'
   c = config_lib.base_config()
   config_lib.apply_model_settings(c, models.variant_settings('v1', variant))
   if a.alpha or a.beta or a.gamma:  # compound scaling with other constants (e.g. from launch.grid_search)
-    if a.phi == -1000.0:
+    if a.phi is None:
       raise ValueError('config args alpha/beta/gamma need phi=<float>')
     alpha, beta, gamma = (a.alpha or models.arch.ALPHA, a.beta or models.arch.BETA, a.gamma or models.arch.GAMMA)
     c.model.depth_coefficient, c.model.width_coefficient = alpha ** a.phi, beta ** a.phi

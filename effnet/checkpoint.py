@@ -46,7 +46,10 @@ class Checkpointer:
     return out['state'], dict(out['meta'] or {})
 
   def save(self, step: int, state, meta: Optional[dict] = None, force: bool = False) -> bool:
-    """Saves if `step` is on the save interval (or `force`); returns whether a save was started."""
+    """Saves if `step` is on the save interval (or `force`); returns whether a save was started.
+
+    Orbax also always saves the first step it is given in a process (so a fresh run checkpoints step 1), and a
+    step that already exists is skipped."""
     if step in self._manager.all_steps():
       return False
     return self._manager.save(step, args=ocp.args.Composite(

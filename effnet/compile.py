@@ -3,7 +3,7 @@
 Progressive learning changes the image size (and optionally the batch) per stage, and every new shape is a new
 XLA program. The trainer asks for the next stage's executable in a background thread while the current stage
 runs (jit → trace → lower → compile from abstract inputs), so the switch itself does not wait for the compiler;
-the persistent compilation cache (effnet.parallel.setup_compilation_cache) makes a restarted job skip compiling.
+the persistent compilation cache (effnet.parallel.compilation_cache) makes a restarted job skip compiling.
 """
 from __future__ import annotations
 

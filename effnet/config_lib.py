@@ -15,6 +15,7 @@ PREPROCESS_TRAIN = ('inception_v1', 'inception_v2', 'resize')
 PREPROCESS_EVAL = ('center_crop_v1', 'center_crop_v2', 'resize')
 AUGMENTS = ('none', 'autoaugment', 'randaugment', 'ft')
 NORMALIZATIONS = ('imagenet', 'inception_128')
+RESIZE_METHODS = (None, 'bicubic', 'bilinear')
 SCHEDULES = ('exponential', 'cosine', 'constant')
 WD_RULES = ('tpu', 'automl', 'kernels')
 NAN_POLICIES = ('stop', 'skip')
@@ -27,7 +28,7 @@ def parse_arg(arg: str | None, lazy: bool = False, **spec):
 
   A bare token sets a bool spec to True or, for the first str spec, its value; key=value casts to the spec type.
   """
-  cfg = ml_collections.ConfigDict(dict(spec))
+  cfg = ml_collections.ConfigDict(dict(spec), type_safe=False)
   if not arg:
     return cfg
   str_keys = [k for k, v in spec.items() if isinstance(v, str)]
@@ -43,7 +44,10 @@ def parse_arg(arg: str | None, lazy: bool = False, **spec):
           continue
         raise ValueError(f'config arg {k!r} in {arg!r}; allowed: {sorted(spec)}')
       t = type(spec[k])
-      cfg[k] = (v.lower() in ('1', 'true', 'yes')) if t is bool else t(v)
+      if spec[k] is None:  # an optional number: e.g. phi=None means "not given"
+        cfg[k] = float(v)
+      else:
+        cfg[k] = (v.lower() in ('1', 'true', 'yes')) if t is bool else t(v)
     elif tok in spec and isinstance(spec[tok], bool):
       cfg[tok] = True
     elif str_keys:
@@ -138,13 +142,14 @@ def _check(value, allowed, field):
 
 def validate(c: ml_collections.ConfigDict) -> None:
   """Checks every enumerated or bounded field before anything is built or compiled."""
-  models.model_blocks(c.model)  # validates blocks, widths, rounding, survival_prob
+  models.build_model(c.model)  # validates blocks, widths, rounding, survival, dtype, dropout, classes, BN groups
   _check(c.model.family, models.FAMILIES, 'model.family')
   _check(c.model.dtype, tuple(models.DTYPES), 'model.dtype')
   _check(c.data.train_preprocess, PREPROCESS_TRAIN, 'data.train_preprocess')
   _check(c.data.eval_preprocess, PREPROCESS_EVAL, 'data.eval_preprocess')
   _check(c.data.augment, AUGMENTS, 'data.augment')
   _check(c.data.normalization, NORMALIZATIONS, 'data.normalization')
+  _check(c.data.resize_method, RESIZE_METHODS, 'data.resize_method')
   _check(c.optim.schedule, SCHEDULES, 'optim.schedule')
   _check(c.optim.weight_decay_rule, WD_RULES, 'optim.weight_decay_rule')
   _check(c.train.nan_policy, NAN_POLICIES, 'train.nan_policy')

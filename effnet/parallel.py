@@ -5,6 +5,7 @@ and XLA inserts the gradient and batch-norm reductions. No pmap, no manual pmean
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Any, Mapping
@@ -102,14 +103,29 @@ def abstract_batch(spec: Mapping[str, tuple[tuple[int, ...], Any]], mesh: Mesh) 
   return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding) for k, (shape, dtype) in spec.items()}
 
 
-def setup_compilation_cache(cache_dir: str | None) -> None:
-  """Persistent XLA compilation cache, so a restarted job (or a repeated stage shape) does not recompile."""
+_CACHE_FLAGS = {'jax_compilation_cache_dir': None, 'jax_persistent_cache_min_compile_time_secs': 0.0,
+                'jax_persistent_cache_min_entry_size_bytes': 0, 'jax_persistent_cache_enable_xla_caches': 'all'}
+
+
+@contextlib.contextmanager
+def compilation_cache(cache_dir: str | None):
+  """Persistent XLA compilation cache in `cache_dir` for the duration of the block, so a restarted job (or a
+  repeated stage shape) loads executables instead of compiling them. JAX's cache settings are process-global:
+  the previous ones are put back afterwards, so a notebook's later work is not redirected into this run's cache."""
   if not cache_dir:
+    yield
     return
-  jax.config.update('jax_compilation_cache_dir', cache_dir)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
-  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+  from jax._src import compilation_cache as _cc  # pylint: disable=g-import-not-at-top
+  saved = {}
+  for flag, value in _CACHE_FLAGS.items():
+    if not hasattr(jax.config, flag):  # pragma: no cover - flag absent on some versions
+      continue
+    saved[flag] = getattr(jax.config, flag)
+    jax.config.update(flag, cache_dir if flag == 'jax_compilation_cache_dir' else value)
+  _cc.reset_cache()
   try:
-    jax.config.update('jax_persistent_cache_enable_xla_caches', 'all')
-  except Exception:  # pragma: no cover - flag absent on some versions
-    pass
+    yield
+  finally:
+    for flag, value in saved.items():
+      jax.config.update(flag, value)
+    _cc.reset_cache()

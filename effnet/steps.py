@@ -3,7 +3,7 @@
 The train step: uint8 images → normalise on device → optional mixup/cutmix → forward (bf16 activations, f32
 logits) → label-smoothed cross entropy + coupled L2 → TF-RMSProp → EMA. Per-stage values (dropout rate, mixup and
 cutmix alphas) are traced scalars, so they change between progressive-learning stages without a recompile. A
-non-finite loss never reaches the state: the update is dropped and the step is reported, and the trainer stops
+non-finite loss or update never reaches the state: the update is dropped and the step is reported, and the trainer stops
 (nan_policy='stop') or carries on (nan_policy='skip').
 """
 
@@ -69,13 +69,16 @@ class StepConfig:
   ema_decay: float = 0.9999
   use_mixing: bool = False
   compute_dtype: Any = jnp.float32
+  randaug_layers: int = 0   # > 0: RandAugment on the device with this many ops (data.randaug_on_device)
 
   @classmethod
   def from_config(cls, config, compute_dtype, use_mixing):
+    on_device = config.data.randaug_on_device and config.data.augment == 'randaugment'
     return cls(num_classes=config.model.num_classes, normalization=config.data.normalization,
                label_smoothing=config.optim.label_smoothing, weight_decay=config.optim.weight_decay,
                weight_decay_rule=config.optim.weight_decay_rule, ema_decay=config.optim.ema_decay,
-               use_mixing=use_mixing, compute_dtype=compute_dtype)
+               use_mixing=use_mixing, compute_dtype=compute_dtype,
+               randaug_layers=config.data.randaug_num_layers if on_device else 0)
 
 
 def _topk_correct(logits, labels, k):
@@ -83,10 +86,10 @@ def _topk_correct(logits, labels, k):
   return jnp.any(topk == labels[:, None], axis=-1).astype(jnp.float32)
 
 
-def hyper_defaults(dropout_rate=0.0, mixup_alpha=0.0, cutmix_alpha=0.0):
+def hyper_defaults(dropout_rate=0.0, mixup_alpha=0.0, cutmix_alpha=0.0, randaug_magnitude=0.0):
   """The traced per-stage values the train step takes."""
   return {'dropout_rate': jnp.float32(dropout_rate), 'mixup_alpha': jnp.float32(mixup_alpha),
-          'cutmix_alpha': jnp.float32(cutmix_alpha)}
+          'cutmix_alpha': jnp.float32(cutmix_alpha), 'randaug_magnitude': jnp.float32(randaug_magnitude)}
 
 
 def make_train_step(module, tx: optax.GradientTransformation, schedule: Callable, cfg: StepConfig):
@@ -94,8 +97,12 @@ def make_train_step(module, tx: optax.GradientTransformation, schedule: Callable
 
   def train_step(state, batch, hyper):
     key = state.step_key()
-    mix_key, drop_key = jax.random.split(key)
-    images = normalize(batch['image'], cfg.normalization, cfg.compute_dtype)
+    mix_key, drop_key, aug_key = jax.random.split(key, 3)
+    images = batch['image']
+    if cfg.randaug_layers:
+      from effnet.data import randaugment_jax  # pylint: disable=g-import-not-at-top
+      images = randaugment_jax.randaugment(aug_key, images, cfg.randaug_layers, hyper['randaug_magnitude'])
+    images = normalize(images, cfg.normalization, cfg.compute_dtype)
     labels = batch['label'].astype(jnp.int32)
     targets = jax.nn.one_hot(labels, cfg.num_classes, dtype=jnp.float32)
     if cfg.use_mixing:
@@ -119,7 +126,9 @@ def make_train_step(module, tx: optax.GradientTransformation, schedule: Callable
     step = state.step + 1
     new_ema = optim.ema_update(state.ema_params, new_params, step, cfg.ema_decay)
     new_ema_bs = optim.ema_update(state.ema_batch_stats, new_bs, step, cfg.ema_decay)
-    finite = jnp.isfinite(loss)
+    # A finite loss can still come with an overflowing gradient or update (e.g. an LR that overflows float32):
+    # guard the loss and the update's global norm, so no inf/NaN ever reaches the state or a checkpoint.
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(updates))
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
     new_state = state.replace(
         step=step, params=keep(new_params, state.params), batch_stats=keep(new_bs, state.batch_stats),

@@ -46,7 +46,7 @@ def _examples_before(stages, step: int) -> int:
 
 def _hyper(stage, model_dropout: float, sharding):
   rate = model_dropout if stage.dropout_rate is None else stage.dropout_rate
-  values = steps.hyper_defaults(rate, stage.mixup_alpha, stage.cutmix_alpha)
+  values = steps.hyper_defaults(rate, stage.mixup_alpha, stage.cutmix_alpha, stage.randaug_magnitude)
   return jax.device_put(values, sharding)
 
 
@@ -63,12 +63,16 @@ def evaluate(compiled_eval, state, eval_data, mesh) -> dict[str, float]:
 
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   """Trains `config` in `workdir` (resuming from its latest checkpoint) and returns the final metrics."""
-  t_start = time.perf_counter()
   config_lib.validate(config)
   parallel.initialize_distributed(config.distributed)
   workdir = os.fspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  parallel.setup_compilation_cache(config.train.compile_cache_dir or os.path.join(workdir, 'jax_cache'))
+  with parallel.compilation_cache(config.train.compile_cache_dir or os.path.join(workdir, 'jax_cache')):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
+  t_start = time.perf_counter()
   mesh = parallel.make_mesh()
   rep = parallel.replicated(mesh)
   batch = config.train.batch_size
@@ -162,7 +166,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
       train_ds = pipeline.create_train_dataset(
           config.data, global_batch_size=stage.batch_size, image_size=stage.image_size, seed=config.train.seed,
           start_epoch=consumed // host_epoch_examples, skip_examples=consumed % host_epoch_examples,
-          randaug_magnitude=stage.randaug_magnitude, builder=builder)
+          randaug_magnitude=stage.randaug_magnitude, builder=builder,
+          augment='none' if step_cfg.randaug_layers else None)  # RandAugment then runs in the train step
       it = train_ds.as_numpy_iterator()
       train_metrics = None
       throughput = metrics_lib.Throughput(step)
@@ -191,8 +196,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
           computed = train_metrics.compute()
           bad = int(computed.pop('first_nonfinite_step'))
           if bad != steps.NO_STEP and config.train.nan_policy == 'stop':
-            raise FloatingPointError(f'non-finite loss at step {bad} (train.nan_policy=stop); the state was not '
-                                     f'updated by that step and no checkpoint holds it')
+            raise FloatingPointError(
+                f'non-finite loss or update at step {bad + 1} (train.nan_policy=stop): the update from step {bad} '
+                f'to {bad + 1} was dropped, so the state and every checkpoint hold finite values; '
+                f'train.nan_policy=skip carries on instead')
           train_scalars = metrics_lib.to_scalars(computed, 'train/')
           train_scalars.update({'train/images_per_sec': throughput.update(step, stage.batch_size),
                                 'train/image_size': float(stage.image_size), 'train/stage': float(stage.index)})

@@ -194,7 +194,6 @@ def _install_emulated_hosts(num_hosts: int) -> None:
   """Makes a single process feed the global batch a `num_hosts`-process run feeds: host i's per-host pipeline
   (tfds.split_for_jax_process slice i, its own shuffle seed), concatenated in process order. The global batch
   then equals the one `jax.make_array_from_process_local_data` assembles in a real multi-process run."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from effnet.data import pipeline  # pylint: disable=g-import-not-at-top
   original = pipeline.create_train_dataset
@@ -208,7 +207,6 @@ def _install_emulated_hosts(num_hosts: int) -> None:
     return tf.data.Dataset.zip(tuple(parts)).map(
         lambda *bs: {k: tf.concat([b[k] for b in bs], axis=0) for k in bs[0]})
   pipeline.create_train_dataset = create_train_dataset
-  del np
 
 
 def _forbid_compile() -> None:

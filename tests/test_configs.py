@@ -206,3 +206,47 @@ def test_load_config_errors():
     load_config('configs/does_not_exist.py:b0')
   with pytest.raises(ValueError, match='.py'):
     load_config('configs/efficientnet:b0')
+
+
+@pytest.mark.parametrize('field,value', [
+    ('model.depthwise_impl', 'fft'), ('data.resize_method', 'nearest'), ('model.dropout_rate', 1.5),
+    ('model.num_classes', -3), ('model.bn_group_size', -1),
+])
+def test_validate_checks_every_enumerated_field(field, value):
+  c = _v1('b0')
+  section, name = field.split('.')
+  c[section][name] = value
+  with pytest.raises(ValueError, match=field.replace('.', r'\.')):
+    config_lib.validate(c)
+
+
+def test_summary_tool_b0(capsys):
+  from effnet.tools import summary
+  s = summary.summarize(_v1('b0'))
+  assert (s['family'], s['variant'], s['params']) == ('v1', 'b0', 5_288_548)      # timm tf_efficientnet_b0
+  assert abs(s['macs_b'] - 0.39) < 0.01 and (s['image_size'], s['eval_image_size']) == (224, 224)
+  assert [st['output_shape'][1:] for st in s['stages']] == [
+      (112, 112, 16), (56, 56, 24), (28, 28, 40), (14, 14, 80), (14, 14, 112), (7, 7, 192), (7, 7, 320)]
+  assert [st['num_blocks'] for st in s['stages']] == [1, 2, 2, 3, 3, 4, 1]
+  assert [st['kernel_size'] for st in s['stages']] == [3, 3, 5, 3, 5, 5, 3]
+  assert s['pooled_width'] == 1280 and s['stem']['width'] == 32
+  # A model-only mapping works too (notebooks).
+  from effnet import models
+  m = dict(models.variant_settings('v1', 'b0'), num_classes=10, dtype='float32')
+  assert summary.summarize(m)['params'] == 5_288_548 - 1281 * 990
+  assert summary.main([f'--config={V1}:b0', '--set', 'model.num_classes=10', '--set', 'model.dtype=float32']) == 0
+  out = capsys.readouterr().out
+  assert '4,020,358' in out and 'stage_7' in out
+  assert summary.main([f'--config={V1}:b0', '--set', 'model.nope=1']) == 2
+  assert 'model.nope' in capsys.readouterr().err
+
+
+def test_phi_argument_has_no_sentinel_value():
+  """Every φ is honoured, including values a sentinel default could have swallowed."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location('_cfg_v1', 'configs/efficientnet.py')
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config('phi=-1000')
+  assert c.model.variant == 'phi=-1000.0'
+  assert c.model.width_coefficient == pytest.approx(1.1 ** -1000)

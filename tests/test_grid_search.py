@@ -154,6 +154,38 @@ def test_tiny_search_end_to_end(tmp_path, monkeypatch, capsys):
   out = capsys.readouterr().out
   assert "# best: α=" in out and "phi7.py" in out
 
-  # Run it again and both candidates are skipped, because they have finished.
-  assert gs.main(argv) == 0
-  assert capsys.readouterr().out.count("finished, skipped") == 2
+  # Run the candidates again and both are skipped, because they have finished (no subprocess starts).
+  from launch import Runner
+  runs = gs.plan(gs.load_base("configs/demo.py", gs.split_extra(TINY)[0]), gs.candidates(0.2, 0.02, 1.4),
+                 with_stats=False)
+  runner = Runner()
+  assert gs.run_all(runner, gs.Backend(), "configs/demo.py", str(root), runs, []) == {}
+  assert runner.commands == [] and capsys.readouterr().out.count("finished, skipped") == 2
+
+
+def test_tpu_backend_dry_run(tmp_path, monkeypatch, capsys):
+  """On a pod, the candidates are the same override dicts, run one after another with launch.tpu's job command."""
+  monkeypatch.chdir(REPO)
+  assert gs.main(["--base=configs/efficientnet.py:b0", "--workdir_root=gs://bucket/grid", "--steps=2000",
+                  "--candidates=1.2,1.1,1.15", "--backend=tpu", "--tpu_name=pod", "--zone=us-central2-b",
+                  "--accelerator_type=v4-32", "--no_stats", "--dry-run"]) == 0
+  cmds = [line for line in capsys.readouterr().out.splitlines() if line.startswith("gcloud ")]
+  assert len(cmds) == 1
+  c = cmds[0]
+  assert c.startswith("gcloud compute tpus tpu-vm ssh pod --zone=us-central2-b --worker=all")
+  # B0 is 224 px: 224·1.15 = 257.6 -> 256; width 1.0·1.1, depth 1.0·1.2
+  for flag in ("--config=configs/efficientnet.py:b0", "--workdir=gs://bucket/grid/a1.2_b1.1_g1.15",
+               "--config.model.width_coefficient=1.1", "--config.model.depth_coefficient=1.2",
+               "--config.data.image_size=256", "--config.train.total_steps=2000"):
+    assert flag in c
+  assert gs.main(["--workdir_root=/tmp/x", "--backend=tpu", "--dry-run"]) == 2  # tpu_name/zone missing
+
+
+def test_best_record_tie_break():
+  def rec(name, status, top1, macs):
+    return {"run": name, "status": status, "metrics": {} if top1 is None else {"eval_top1": top1},
+            "grid": {"macs": macs}}
+  records = [rec("a", "done", 0.5, 300), rec("b", "done", 0.7, 500), rec("c", "done", 0.7, 400),
+             rec("d", "failed (exit 1)", 0.9, 1), rec("e", "done", float("nan"), 1), rec("f", "done", 0.7, 400)]
+  assert gs.best_record(records)["run"] == "c"  # highest top-1, then fewer MACs, then the first in order
+  assert gs.best_record([rec("d", "failed (exit 1)", None, 1)]) is None

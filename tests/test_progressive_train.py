@@ -22,6 +22,10 @@ def _progressive_config(total_steps=8, cache_dir=None):
   c.train.compile_cache_dir = cache_dir
   c.progressive.dropout_min, c.progressive.dropout_max = 0.0, 0.3
   c.progressive.mixup_min, c.progressive.mixup_max = 0.0, 0.3
+  # RandAugment on the device: the host only resizes; the magnitude is a traced input of the step.
+  c.data.augment = 'randaugment'
+  c.data.randaug_on_device = True
+  c.progressive.randaug_min, c.progressive.randaug_max = 4.0, 10.0
   return c
 
 
@@ -34,6 +38,7 @@ def test_four_stage_digits_run_and_compile_cache(tmp_path):
   # dropout 0 → 0.3 and mixup 0 → 0.3 linearly over i/(M−1); each stage trains N/M = 2 steps.
   assert [round(s['dropout_rate'], 6) for s in stages] == [0.0, 0.1, 0.2, 0.3]
   assert [round(s['mixup_alpha'], 6) for s in stages] == [0.0, 0.1, 0.2, 0.3]
+  assert [round(s['randaug_magnitude'], 6) for s in stages] == [4.0, 6.0, 8.0, 10.0]
   # The next stage's executable was requested (compiling in the background) before every switch to a new shape;
   # stage 2 reuses stage 1's executable.
   assert [s['aot_requested'] for s in stages] == [False, True, True, True]

@@ -113,16 +113,19 @@ class BlockSpec:
   fused: bool = False
   id_skip: bool = True
 
+  FORMAT = ('r<repeats>_k<kernel>_s<stride>_e<expand>_i<in>_o<out>[_se<ratio>][_c1][_noskip], '
+            'e.g. "r2_k3_s22_e6_i16_o24_se0.25"')
+
   @classmethod
   def decode(cls, text: str) -> 'BlockSpec':
     """Parses an official block string; raises ValueError naming the bad token."""
     if not isinstance(text, str) or not text:
-      raise ValueError(f'model.blocks: expected a block string like "r2_k3_s22_e6_i16_o24_se0.25", got {text!r}')
+      raise ValueError(f'model.blocks: expected a block string {cls.FORMAT}, got {text!r}')
     opts = {}
     for tok in text.split('_'):
       m = re.match(r'^([a-z]+)([0-9.]*)$', tok)
       if not m:
-        raise ValueError(f'model.blocks: bad token {tok!r} in {text!r}')
+        raise ValueError(f'model.blocks: bad token {tok!r} in {text!r}; allowed format: {cls.FORMAT}')
       opts[m.group(1)] = m.group(2)
     allowed = {'r', 'k', 's', 'e', 'i', 'o', 'se', 'c', 'noskip'}
     unknown = set(opts) - allowed
@@ -130,7 +133,7 @@ class BlockSpec:
       raise ValueError(f'model.blocks: unknown keys {sorted(unknown)} in {text!r}; allowed: {sorted(allowed)}')
     missing = {'r', 'k', 's', 'e', 'i', 'o'} - set(opts)
     if missing:
-      raise ValueError(f'model.blocks: {text!r} lacks {sorted(missing)}')
+      raise ValueError(f'model.blocks: {text!r} lacks {sorted(missing)}; allowed format: {cls.FORMAT}')
     s = opts['s']
     # v1 strings spell strides as two digits ("s22"), v2 as one ("s2"); only square strides exist.
     if len(s) == 2 and s[0] != s[1]:

@@ -113,6 +113,7 @@ def collect(cfg, search_dir: str, cands: list[Candidate], status: dict[str, str]
 def emit(cfg, search_dir: str, best: dict) -> dict[str, str]:
   """Writes best_config.py and scaled/phi_<φ>.py; returns {label: path}."""
   root = str(search_dir).rstrip('/')
+  path(root).mkdir(parents=True, exist_ok=True)
   out = {}
   search_meta = {k: best[k] for k in ('name', 'reward', 'accuracy', 'step_ms', 'params', 'macs')}
   p = f'{root}/best_config.py'
@@ -163,7 +164,7 @@ def run_search(cfg, search_dir: str, launcher: runner_lib.Launcher | None = None
   for c in mine:
     if c not in todo and not collect_only:
       print(f'# {c.name}: finished, skipped', flush=True)
-  jobs = [(runner_lib.workdir(search_dir, c), runner_lib.run_overrides(cfg, c.blocks),
+  jobs = [(runner_lib.workdir(search_dir, c), runner_lib.run_overrides(cfg, c.blocks, search_dir),
            runner_lib.worker_flags(cfg.step_time, c.train)) for c in todo]
   codes = launcher.run_all(jobs)
   status = {c.name: ('done' if rc == 0 else f'failed (exit {rc})') for c, rc in zip(todo, codes)}

@@ -61,9 +61,12 @@ def parse_assignments(items: Sequence[str], field: str) -> dict[str, str]:
   return out
 
 
-def run_overrides(cfg, blocks: Sequence[str]) -> dict:
-  """Overrides of one candidate run: base overrides, then the proxy budget, then the architecture."""
+def run_overrides(cfg, blocks: Sequence[str], search_dir: str | None = None) -> dict:
+  """Overrides of one candidate run: base overrides, then the proxy budget, then the architecture. Candidates share
+  one XLA compilation cache under the search dir (a resumed or repeated compile is a cache hit)."""
   ov = dict(parse_assignments(cfg.base_overrides, 'base_overrides'))
+  if search_dir is not None:
+    ov['train.compile_cache_dir'] = f'{str(search_dir).rstrip("/")}/jax_cache'
   p = cfg.proxy
   ov['data.image_size'] = int(p.image_size)
   ov['data.eval_image_size'] = int(p.eval_image_size or p.image_size)

@@ -9,7 +9,6 @@ show the real network and the emitted config keeps depth_coefficient = 1.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Sequence
 
 from effnet.models import arch

@@ -9,7 +9,6 @@ after warm-up). `--search_train=false` only benchmarks (the reference architectu
 Each training appends a line to DIR/trainings.txt, so a resumed search can be checked for work it redid.
 """
 import json
-import os
 
 from absl import app, flags, logging
 

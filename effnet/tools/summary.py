@@ -18,7 +18,7 @@ import importlib.util
 import math
 import os
 import sys
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -87,6 +87,15 @@ def apply_override(config, assignment: str) -> None:
     raise ValueError(f'--set {key}={text!r}: {e}') from None
 
 
+def _field(cfg, name):
+  """cfg[name] for mappings and ConfigDicts, None when absent (model-only configs have no .data)."""
+  if cfg is None:
+    return None
+  if isinstance(cfg, Mapping) or hasattr(cfg, 'keys'):
+    return cfg[name] if name in cfg else None
+  return getattr(cfg, name, None)
+
+
 def summarize(config) -> dict:
   """Shape-only summary of `config` (a full config with .model and .data, or just a model config).
 
@@ -95,10 +104,10 @@ def summarize(config) -> dict:
   stages: a list with, per stage, index, name, num_blocks, kernel_size, stride, expand_ratio, se_ratio, fused,
   input_filters, output_filters and output_shape (batch 1 at the eval resolution).
   """
-  model_cfg = config.model if hasattr(config, 'model') else config
-  data_cfg = getattr(config, 'data', None)
-  eval_size = int(getattr(data_cfg, 'eval_image_size', None) or 224)
-  train_size = int(getattr(data_cfg, 'image_size', None) or eval_size)
+  model_cfg = _field(config, 'model') or config
+  data_cfg = _field(config, 'data')
+  eval_size = int(_field(data_cfg, 'eval_image_size') or 224)
+  train_size = int(_field(data_cfg, 'image_size') or eval_size)
   blocks, stem, head = models.model_blocks(model_cfg)
   module = models.build_model(model_cfg)
   variables = models.abstract_variables(module, eval_size)
@@ -119,12 +128,12 @@ def summarize(config) -> dict:
   for st in stages:
     st['output_shape'] = tuple(feats[st['name']].shape)
   return dict(
-      family=getattr(model_cfg, 'family', None), variant=getattr(model_cfg, 'variant', None),
+      family=_field(model_cfg, 'family'), variant=_field(model_cfg, 'variant'),
       params=params, params_m=params / 1e6, macs=int(macs), macs_b=macs / 1e9,
       image_size=train_size, eval_image_size=eval_size, num_blocks=len(blocks),
       stem=dict(width=stem, shape=tuple(feats['stem'].shape)), head_width=head,
       head_shape=tuple(feats['head'].shape), pooled_width=int(feats['pooled'].shape[-1]),
-      dtype=str(getattr(model_cfg, 'dtype', 'float32')), stages=stages)
+      dtype=str(_field(model_cfg, 'dtype') or 'float32'), stages=stages)
 
 
 def format_summary(s: dict) -> str:

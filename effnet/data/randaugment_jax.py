@@ -1,0 +1,440 @@
+"""On-device RandAugment (JAX only, jit-friendly, batched, traced magnitude).
+
+Why this module exists: the official host RandAugment (TF, one image at a time) runs at ~100 img/s
+per CPU core at 300 px, so a fast accelerator needs far more host cores than a machine has. With
+`data.randaug_on_device=True` the host only decodes / crops / resizes / flips (~800 img/s/core) and
+this module applies RandAugment to the uint8 batch inside the jitted train step. The magnitude is a
+traced scalar, so progressive learning changes it per stage without recompiling.
+
+Semantics are those of the host ops in `effnet.data.augment` (which follow the official
+`autoaugment.py` of google/automl efficientnetv2, quirks included):
+  * the 16 ops in the official order (`RANDAUGMENT_OPS`); each of the `num_layers` layers draws one
+    op per SAMPLE uniformly and always applies it; one shared magnitude; fill value 128.
+  * level = magnitude / 10. Rotate 30*level deg, Shear 0.3*level, Translate 100*level px, each with
+    a random sign (sign -1 with probability 1/2); Color/Contrast/Brightness/Sharpness factor
+    1.8*level + 0.1 (no sign); Posterize floor(4*level) bits (shift = (8-bits) mod 256 clamped to
+    7, like TF's CPU kernel); Solarize threshold floor(256*level) mod 256 (M=10 inverts every
+    pixel); SolarizeAdd +floor(110*level) below 128; Cutout half-side floor(40*level), centre
+    uniform over the image, box [c-pad, c+pad) clipped.
+  * Contrast blends towards the official histogram-sum "mean" H*W/256 (clipped to 255), not the
+    grey mean; blends are clip + truncate (PIL ImagingBlend).
+
+Batched design (one pass per layer, every sample in the batch at once, static shapes):
+  1. geometric ops: one per-sample 3x3 output->source matrix (identity for non-geometric ops) and
+     ONE nearest-neighbour gather (rounding half away from zero like ImageProjectiveTransformV3
+     NEAREST with std::round), out-of-image source -> 128.
+  2. pointwise ops (AutoContrast, Equalize, Invert, Posterize, Solarize, SolarizeAdd, Brightness,
+     Contrast) are all per-sample per-channel 256-entry lookup tables (Contrast's quirky mean
+     depends only on the image size), selected by the op index and applied with ONE gather.
+     Equalize's LUT comes from a 256-bin per-channel histogram (segment_sum) + cumsum with PIL's
+     step rule; it is computed for at most `EQUALIZE_CAPACITY(B)` samples (the ones that drew
+     Equalize, gathered to the front), with an exact full-batch fallback under lax.cond when more
+     samples drew it than that capacity (probability < 1e-6 per layer for B=128).
+  3. Color (grey via tf.image.rgb_to_grayscale's float formula), Sharpness (PIL SMOOTH kernel
+     [[1,1,1],[1,5,1],[1,1,1]]/13 as box sum + 4*centre, truncated, 1-px border kept) and Cutout
+     (per-sample box mask) are elementwise / 3x3 stencils, computed for the batch and selected
+     with jnp.where.
+
+Deviations from the host version (documented, tested where it matters):
+  * random draws come from jax.random, so a given seed does not reproduce the host's draws.
+  * the enhance factor is computed in float32 as (18*m + 10)/100 instead of float64 then cast: bit
+    identical whenever 18*m + 10 is exact in float32 (every integer or half-integer magnitude);
+    for other magnitudes (e.g. 8.333) it may differ by 1 ulp, which can move a blended pixel by
+    one grey level where a + f*(b - a) lands on an integer.
+  * integer arguments use float32 floor(m*scale/10); the host's float64 arithmetic rounds
+    2.3*110 down to 252 (SolarizeAdd at M=23: host +252, here +253). No difference for
+    magnitudes 0, 0.1, ..., 30 otherwise.
+  * bit-exactness vs the host relies on keeping XLA from fusing products into FMAs (`_mul`) and
+    from turning divisions by constants into reciprocal multiplies (`_const`); rotate's cos/sin
+    are XLA's float32 ones (identical to TF's in the tests at M=3/7/10, 64 px; a 1-ulp difference
+    could move a nearest-pixel .5 tie).
+  * Color / Sharpness / Equalize run on at most EQUALIZE_CAPACITY(B) samples per layer (exact
+    full-batch fallback when more drew them), so their cost is ~1/16 of the batch, not all of it.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+FILL_VALUE = 128
+MAX_LEVEL = 10.0
+RANDAUGMENT_OPS = (
+    'AutoContrast', 'Equalize', 'Invert', 'Rotate', 'Posterize', 'Solarize', 'Color', 'Contrast',
+    'Brightness', 'Sharpness', 'ShearX', 'ShearY', 'TranslateX', 'TranslateY', 'Cutout', 'SolarizeAdd')
+OP_INDEX = {name: i for i, name in enumerate(RANDAUGMENT_OPS)}
+NUM_OPS = len(RANDAUGMENT_OPS)
+GEOMETRIC_OPS = ('Rotate', 'ShearX', 'ShearY', 'TranslateX', 'TranslateY')
+IDENTITY_OP = -1  # any index outside [0, 16) leaves the sample unchanged
+
+
+def EQUALIZE_CAPACITY(batch: int) -> int:  # noqa: N802 (a constant-like rule)
+  """Samples per layer whose Equalize histogram is computed on the fast path (mean B/16 + ~6 sd)."""
+  mean = batch / NUM_OPS
+  return int(min(batch, math.ceil(mean + 6.0 * math.sqrt(mean) + 2)))
+
+
+# ----------------------------------------------------------------------------------------------
+# magnitude -> arguments (traced-scalar friendly)
+def _const(c):
+  """A float32 constant XLA cannot see through: under jit XLA rewrites `x / C` as `x * (1/C)`
+  (measured: 1.72 -> 1.7199999 for M=9), the host divides; an opaque divisor keeps the true,
+  correctly rounded division."""
+  return jax.lax.optimization_barrier(jnp.float32(c))
+
+
+def _level(magnitude):
+  return jnp.asarray(magnitude, jnp.float32) / _const(MAX_LEVEL)
+
+
+def _int_arg(magnitude, scale: float):
+  m = jnp.asarray(magnitude, jnp.float32)
+  return jnp.floor(m * scale / _const(MAX_LEVEL)).astype(jnp.int32)
+
+
+def enhance_factor(magnitude):
+  """1.8*level + 0.1 (see module docstring for the float32 formulation)."""
+  m = jnp.asarray(magnitude, jnp.float32)
+  return (m * 18.0 + 10.0) / _const(100.0)
+
+
+def _mul(f, n):
+  """float32 f * n rounded ONCE, immune to FMA contraction; n integer-valued, |n| < 4096.
+
+  The host (separate TF/Eigen ops) rounds a product before adding to it; inside a jit fusion XLA
+  (CPU and GPU) contracts `a*b + c` into a fused multiply-add, which flips a truncation or a
+  nearest-pixel .5 tie whenever the exact value sits next to one (measured before this helper:
+  ShearY at M=10 moved 0.5% of pixels, Color 0.1% by one grey level), and an optimization
+  barrier does not survive XLA's CPU pipeline. So f is split (bit mask) into a 12-bit head and
+  the rest: both partial products are exact, their sum is rounded once = fl(f*n), and an FMA
+  formed from either product gives the same bits.
+  """
+  f = jnp.asarray(f, jnp.float32)
+  head = jax.lax.bitcast_convert_type(
+      jax.lax.bitcast_convert_type(f, jnp.uint32) & jnp.uint32(0xFFFFF000), jnp.float32)
+  tail = f - head
+  n = jnp.asarray(n, jnp.float32)
+  return head * n + tail * n
+
+
+def _blend(a, b, factor):
+  """a + f*(b-a), clipped to [0,255], truncated (a, b integral float32; same bits as the host)."""
+  return jnp.floor(jnp.clip(a + _mul(factor, b - a), 0.0, 255.0))
+
+
+# ----------------------------------------------------------------------------------------------
+# random per-sample draws
+def layer_params(rng, batch: int, height: int, width: int):
+  """Per-sample draws of one layer: op [B] int32, sign [B] float32 (+-1), cutout centre cy, cx [B]."""
+  k_op, k_sign, k_y, k_x = jax.random.split(rng, 4)
+  return dict(
+      op=jax.random.randint(k_op, (batch,), 0, NUM_OPS, dtype=jnp.int32),
+      sign=jnp.where(jax.random.uniform(k_sign, (batch,)) < 0.5, -1.0, 1.0).astype(jnp.float32),
+      cy=jax.random.randint(k_y, (batch,), 0, height, dtype=jnp.int32),
+      cx=jax.random.randint(k_x, (batch,), 0, width, dtype=jnp.int32))
+
+
+# ----------------------------------------------------------------------------------------------
+# geometric ops: per-sample affine matrix + one nearest gather
+def geometric_matrices(op, magnitude, sign, height: int, width: int, translate_const=100.0):
+  """[B, 2, 3] output (x=col, y=row) -> source affine rows; identity for non-geometric ops."""
+  is_op = lambda name: op == OP_INDEX[name]
+  scale = jnp.where(is_op('Rotate'), 30.0,
+                    jnp.where(is_op('ShearX') | is_op('ShearY'), 0.3,
+                              jnp.where(is_op('TranslateX') | is_op('TranslateY'),
+                                        float(translate_const), 0.0)))
+  v = _level(magnitude) * scale * sign
+  rad = v * np.float32(math.pi / 180.0)
+  c, s = jnp.cos(rad), jnp.sin(rad)
+  w1, h1 = float(width - 1), float(height - 1)
+  xo = (w1 - (_mul(c, w1) - _mul(s, h1))) / 2.0
+  yo = (h1 - (_mul(s, w1) + _mul(c, h1))) / 2.0
+  rot = jnp.stack([c, -s, xo, s, c, yo], axis=-1)
+  z, o = jnp.zeros_like(v), jnp.ones_like(v)
+  f = lambda name: jnp.where(is_op(name), v, z)
+  aff = jnp.stack([o, f('ShearX'), f('TranslateX'), f('ShearY'), o, f('TranslateY')], axis=-1)
+  return jnp.where(is_op('Rotate')[:, None], rot, aff).reshape(-1, 2, 3)
+
+
+def _round_half_away(x):
+  return jnp.sign(x) * jnp.floor(jnp.abs(x) + 0.5)
+
+
+def warp_nearest(images, mats, fill=FILL_VALUE):
+  """Per-sample affine warp, nearest sampling, constant fill. images uint8 [B,H,W,C]."""
+  b, h, w, ch = images.shape
+  ys = jnp.arange(h, dtype=jnp.float32)[None, :, None]
+  xs = jnp.arange(w, dtype=jnp.float32)[None, None, :]
+  m = mats[:, :, :, None, None]  # [B,2,3,1,1]
+  # (t0*x + t1*y) + t2 with each product rounded like the TF kernel (no FMA, see _mul)
+  src_x = _round_half_away(_mul(m[:, 0, 0], xs) + _mul(m[:, 0, 1], ys) + m[:, 0, 2])
+  src_y = _round_half_away(_mul(m[:, 1, 0], xs) + _mul(m[:, 1, 1], ys) + m[:, 1, 2])
+  valid = (src_x >= 0) & (src_x <= w - 1) & (src_y >= 0) & (src_y <= h - 1)
+  xi = jnp.clip(src_x, 0, w - 1).astype(jnp.int32)
+  yi = jnp.clip(src_y, 0, h - 1).astype(jnp.int32)
+  idx = (jnp.arange(b, dtype=jnp.int32)[:, None, None] * h + yi) * w + xi  # [B,H,W]
+  out = jnp.take(images.reshape(b * h * w, ch), idx.reshape(-1), axis=0).reshape(b, h, w, ch)
+  return jnp.where(valid[..., None], out, jnp.asarray(fill, images.dtype))
+
+
+# ----------------------------------------------------------------------------------------------
+# pointwise ops as per-sample per-channel LUTs
+def _histograms(images):
+  """[B, C, 256] int32 per-sample per-channel histograms (one segment_sum)."""
+  b, h, w, ch = images.shape
+  ids = (jnp.arange(b * ch, dtype=jnp.int32).reshape(b, 1, 1, ch) * 256 + images.astype(jnp.int32))
+  hist = jax.ops.segment_sum(jnp.ones(ids.size, jnp.int32), ids.reshape(-1), num_segments=b * ch * 256)
+  return hist.reshape(b, ch, 256)
+
+
+def equalize_luts(hist):
+  """PIL ImageOps.equalize LUTs [..., 256] from histograms [..., 256] (int32)."""
+  bins = jnp.arange(256, dtype=jnp.int32)
+  last = jnp.max(jnp.where(hist > 0, bins, -1), axis=-1)
+  last_count = jnp.take_along_axis(hist, jnp.maximum(last, 0)[..., None], axis=-1)[..., 0]
+  step = (jnp.sum(hist, axis=-1) - last_count) // 255
+  safe = jnp.maximum(step, 1)[..., None]
+  lut = (jnp.cumsum(hist, axis=-1) + safe // 2) // safe
+  lut = jnp.concatenate([jnp.zeros_like(lut[..., :1]), lut[..., :-1]], axis=-1)
+  lut = jnp.clip(lut, 0, 255)
+  return jnp.where(step[..., None] == 0, bins, lut)
+
+
+def _equalize_luts_batch(images, is_eq):
+  """Equalize LUTs [B, C, 256] for the samples with is_eq (others: identity rows).
+
+  Histograms are built only for up to EQUALIZE_CAPACITY(B) samples (those with is_eq moved to
+  the front); if more samples need it, an exact full-batch path runs instead (lax.cond).
+  """
+  b, _, _, ch = images.shape
+  cap = EQUALIZE_CAPACITY(b)
+  ident = jnp.broadcast_to(jnp.arange(256, dtype=jnp.int32), (b, ch, 256))
+
+  def full(_):
+    return jnp.where(is_eq[:, None, None], equalize_luts(_histograms(images)), ident)
+
+  if cap >= b:
+    return full(None)
+
+  def subset(_):
+    order = jnp.argsort(~is_eq, stable=True)[:cap]  # equalize samples first
+    luts = equalize_luts(_histograms(images[order]))  # [cap, C, 256]
+    slot = jnp.full((b,), cap, jnp.int32).at[order].set(jnp.arange(cap, dtype=jnp.int32))
+    padded = jnp.concatenate([luts, ident[:1]], axis=0)  # slot `cap` = identity
+    return jnp.where(is_eq[:, None, None], padded[slot], ident)
+
+  return jax.lax.cond(jnp.sum(is_eq) > cap, full, subset, None)
+
+
+def pointwise_luts(images, op, magnitude):
+  """[B, C, 256] int32 LUT per sample: the sample's pointwise op, identity for other ops."""
+  b, h, w, ch = images.shape
+  v = jnp.arange(256, dtype=jnp.int32)
+  vf = v.astype(jnp.float32)
+  factor = enhance_factor(magnitude)
+
+  # AutoContrast (PIL cutoff=0, per channel; a flat channel is kept)
+  lo = jnp.min(images, axis=(1, 2)).astype(jnp.float32)[..., None]  # [B,C,1]
+  hi = jnp.max(images, axis=(1, 2)).astype(jnp.float32)[..., None]
+  sc = 255.0 / jnp.maximum(hi - lo, 1.0)
+  auto = jnp.floor(jnp.clip(_mul(sc, vf) + (-_mul(sc, lo)), 0.0, 255.0)).astype(jnp.int32)
+  auto = jnp.where(hi > lo, auto, v)
+
+  bits = _int_arg(magnitude, 4.0)
+  shift = jnp.minimum(jnp.mod(8 - bits, 256), 7)
+  post = v & ((255 << shift) & 255)
+  thr = jnp.mod(_int_arg(magnitude, 256.0), 256)
+  sol = jnp.where(v < thr, v, 255 - v)
+  add = _int_arg(magnitude, 110.0)
+  sol_add = jnp.where(v < 128, jnp.clip(v + add, 0, 255), v)
+  bright = _blend(0.0, vf, factor).astype(jnp.int32)
+  mean = float(np.floor(np.clip(h * w / 256.0, 0.0, 255.0)))
+  contrast = _blend(mean, vf, factor).astype(jnp.int32)
+
+  eq = _equalize_luts_batch(images, op == OP_INDEX['Equalize'])
+  tables = [('Invert', 255 - v), ('Posterize', post), ('Solarize', sol), ('SolarizeAdd', sol_add),
+            ('Brightness', bright), ('Contrast', contrast), ('AutoContrast', auto), ('Equalize', eq)]
+  cands = [jnp.broadcast_to(v, (b, ch, 256))] + [jnp.broadcast_to(t, (b, ch, 256)) for _, t in tables]
+  cands = jnp.stack(cands, axis=1).astype(jnp.float32)  # [B, K, C, 256], K = 1 + 8
+  # candidate index per op (0 = identity row for non-pointwise ops), one-hot weighted sum: a
+  # tiny dot, which also keeps XLA from re-fusing the whole LUT construction into the per-pixel
+  # lookup (measured 5x slower on CPU when it did).
+  index = np.zeros(NUM_OPS, np.int32)
+  for k, (name, _) in enumerate(tables):
+    index[OP_INDEX[name]] = k + 1
+  valid = (op >= 0) & (op < NUM_OPS)
+  k_of = jnp.where(valid, jnp.asarray(index)[jnp.clip(op, 0, NUM_OPS - 1)], 0)
+  onehot = jax.nn.one_hot(k_of, len(tables) + 1, dtype=jnp.float32)
+  lut = jnp.einsum('bk,bkcv->bcv', onehot, cands, precision=jax.lax.Precision.HIGHEST)
+  return jnp.round(lut).astype(jnp.int32)
+
+
+def apply_luts(images, luts):
+  """images uint8 [B,H,W,C], luts int [B,C,256] -> uint8 (one gather)."""
+  b, h, w, ch = images.shape
+  flat = luts.astype(jnp.uint8).reshape(-1)
+  base = (jnp.arange(b * ch, dtype=jnp.int32).reshape(b, 1, 1, ch) * 256)
+  return jnp.take(flat, (base + images.astype(jnp.int32)).reshape(-1)).reshape(images.shape)
+
+
+# ----------------------------------------------------------------------------------------------
+# Color / Sharpness / Cutout
+def grayscale(images):
+  """tf.image.rgb_to_grayscale on uint8: float = x/255 . [0.2989, 0.587, 0.114], uint8 = int(g*255.5)."""
+  t = _GREY_TERMS  # [3, 256] float32: fl(fl(v * fl(1/255)) * w_c), computed in numpy (no FMA)
+  x = images.astype(jnp.int32)
+  g = (jnp.take(t[0], x[..., 0]) + jnp.take(t[1], x[..., 1])) + jnp.take(t[2], x[..., 2])
+  return (g * 255.5).astype(jnp.int32).astype(jnp.float32)[..., None]
+
+
+_GREY_TERMS = ((np.arange(256, dtype=np.float32) * np.float32(1.0 / 255.0))[None, :]
+               * np.asarray([0.2989, 0.5870, 0.1140], np.float32)[:, None]).astype(np.float32)
+
+
+def color(images, factor):
+  x = images.astype(jnp.float32)
+  return _blend(grayscale(images), x, factor)
+
+
+def sharpness(images, factor):
+  """PIL Sharpness: blend(SMOOTH(x), x, f) on the interior; the 1-px border is the original."""
+  x = images.astype(jnp.float32)
+  rows = x[:, :, :-2] + x[:, :, 1:-1] + x[:, :, 2:]
+  box = rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]
+  inner = x[:, 1:-1, 1:-1]
+  smooth = jnp.floor(jnp.clip((box + 4.0 * inner) / _const(13.0), 0.0, 255.0))
+  mixed = _blend(smooth, inner, factor)
+  return x.at[:, 1:-1, 1:-1].set(mixed)
+
+
+def cutout_masks(cy, cx, pad, height: int, width: int):
+  """[B,H,W] bool: official box rows [cy-pad, cy+pad) x cols [cx-pad, cx+pad), clipped."""
+  y0, y1 = jnp.maximum(0, cy - pad), jnp.minimum(height, cy + pad)
+  x0, x1 = jnp.maximum(0, cx - pad), jnp.minimum(width, cx + pad)
+  ys = jnp.arange(height)[None, :, None]
+  xs = jnp.arange(width)[None, None, :]
+  return ((ys >= y0[:, None, None]) & (ys < y1[:, None, None]) &
+          (xs >= x0[:, None, None]) & (xs < x1[:, None, None]))
+
+
+def _on_subset(fn, images, mask):
+  """fn(images) for the samples with mask (others: unspecified), computing fn on at most
+  EQUALIZE_CAPACITY(B) samples (mask samples gathered to the front); exact full-batch fallback
+  under lax.cond when more samples need it."""
+  b = images.shape[0]
+  cap = EQUALIZE_CAPACITY(b)
+  if cap >= b:
+    return fn(images)
+
+  def subset(_):
+    order = jnp.argsort(~mask, stable=True)[:cap]
+    slot = jnp.zeros((b,), jnp.int32).at[order].set(jnp.arange(cap, dtype=jnp.int32))
+    return fn(images[order])[slot]
+
+  return jax.lax.cond(jnp.sum(mask) > cap, lambda _: fn(images), subset, None)
+
+
+# ----------------------------------------------------------------------------------------------
+# one layer / public API
+def apply_layer(images, op, magnitude, sign, cy, cx, cutout_const=40, translate_const=100):
+  """Apply per-sample op `op` [B] (int; outside [0,16) = identity) with explicit random draws.
+
+  images uint8 [B,H,W,3]; sign [B] +-1 for the geometric ops; cy, cx [B] cutout centres.
+  """
+  images = jnp.asarray(images)
+  b, h, w, _ = images.shape
+  op = jnp.asarray(op, jnp.int32)
+  sign = jnp.asarray(sign, jnp.float32)
+  # Every sample runs exactly one op, so the non-geometric ops read the layer's input directly;
+  # the warp (the only gather over pixels) then has a single consumer and is not re-fused into
+  # the stencils / LUT statistics.
+  x = images
+  out = apply_luts(x, pointwise_luts(x, op, magnitude))
+  factor = enhance_factor(magnitude)
+  sel = lambda name: (op == OP_INDEX[name])[:, None, None, None]
+  for name, fn in (('Color', color), ('Sharpness', sharpness)):
+    mask = op == OP_INDEX[name]
+    done = _on_subset(lambda y: fn(y, factor).astype(jnp.uint8), x, mask)
+    out = jnp.where(mask[:, None, None, None], done, out)
+  pad = _int_arg(magnitude, float(cutout_const))
+  box = cutout_masks(jnp.asarray(cy, jnp.int32), jnp.asarray(cx, jnp.int32), pad, h, w)
+  out = jnp.where(sel('Cutout') & box[..., None], jnp.uint8(FILL_VALUE), out)
+  geo = jnp.isin(op, jnp.asarray([OP_INDEX[n] for n in GEOMETRIC_OPS], jnp.int32))
+  warped = warp_nearest(x, geometric_matrices(op, magnitude, sign, h, w, translate_const))
+  return jnp.where(geo[:, None, None, None], warped, out)
+
+
+def _check(images):
+  images = jnp.asarray(images)
+  if images.ndim != 4 or images.shape[-1] != 3:
+    raise ValueError(f'images must have shape [B, H, W, 3], got {images.shape}')
+  if images.dtype != jnp.uint8:
+    raise ValueError(f'images dtype must be uint8, got {images.dtype}')
+  return images
+
+
+def apply_op(images, op_index, magnitude, rng, cutout_const=40, translate_const=100):
+  """Apply ONE op (index into RANDAUGMENT_OPS, or its name) to every sample; rng draws sign/box."""
+  if isinstance(op_index, str):
+    if op_index not in OP_INDEX:
+      raise ValueError(f'op_index must be one of {RANDAUGMENT_OPS} or 0..15, got {op_index!r}')
+    op_index = OP_INDEX[op_index]
+  images = _check(images)
+  b, h, w, _ = images.shape
+  p = layer_params(rng, b, h, w)
+  op = jnp.full((b,), op_index, jnp.int32)
+  return apply_layer(images, op, magnitude, p['sign'], p['cy'], p['cx'], cutout_const,
+                     translate_const)
+
+
+def randaugment(rng, images, num_layers: int = 2, magnitude=10.0, cutout_const=40,
+                translate_const=100):
+  """RandAugment on a uint8 batch [B,H,W,3]: each layer draws an op per sample. jit-friendly.
+
+  magnitude may be a traced float scalar. num_layers is static (a Python int >= 0).
+  """
+  if int(num_layers) != num_layers or num_layers < 0:
+    raise ValueError(f'num_layers must be an int >= 0, got {num_layers!r}')
+  images = _check(images)
+  b, h, w, _ = images.shape
+  for key in jax.random.split(rng, int(num_layers)) if num_layers else []:
+    p = layer_params(key, b, h, w)
+    images = apply_layer(images, p['op'], magnitude, p['sign'], p['cy'], p['cx'], cutout_const,
+                         translate_const)
+  return images
+
+
+def bench(batch: int = 128, size: int = 300, num_layers: int = 2, magnitude: float = 10.0,
+          iters: int = 5, seed: int = 0) -> float:
+  """Print and return images/s of the jitted randaugment on the default JAX device."""
+  import skimage.data  # test/benchmark-only dependency
+  photos = [skimage.data.astronaut(), skimage.data.chelsea(), skimage.data.coffee()]
+  ims = []
+  for i in range(batch):
+    p = photos[i % len(photos)]
+    ys = (np.arange(size) * p.shape[0] // size)
+    xs = (np.arange(size) * p.shape[1] // size)
+    ims.append(p[ys][:, xs, :3])
+  images = jax.device_put(np.stack(ims).astype(np.uint8))
+  fn = jax.jit(randaugment, static_argnums=(2,))
+  rng = jax.random.key(seed)
+  mag = jnp.float32(magnitude)
+  t0 = time.perf_counter()
+  fn(rng, images, num_layers, mag).block_until_ready()
+  compile_s = time.perf_counter() - t0
+  times = []
+  for i in range(iters):
+    k = jax.random.fold_in(rng, i + 1)
+    t0 = time.perf_counter()
+    fn(k, images, num_layers, mag).block_until_ready()
+    times.append(time.perf_counter() - t0)
+  best = float(np.median(times))
+  ips = batch / best
+  print(f'randaugment_jax bench: device={jax.devices()[0].platform} batch={batch} size={size} '
+        f'N={num_layers} M={magnitude}: {ips:.1f} images/s (median {best * 1e3:.1f} ms/batch, '
+        f'compile {compile_s:.1f} s)')
+  return ips
