@@ -6,6 +6,12 @@ Configs are ml_collections ConfigDicts, locked after construction so a typo'd fi
 """
 from __future__ import annotations
 
+import ast
+import importlib.util
+import os
+import re
+from typing import Any, Optional
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -174,3 +180,77 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ValueError(f'optim.label_smoothing={c.optim.label_smoothing}; allowed: [0, 1)')
   if c.train.total_steps is None and (c.train.num_epochs is None or c.train.num_epochs <= 0):
     raise ValueError('train.num_epochs must be > 0 when train.total_steps is not set')
+
+
+def split_config_spec(spec: str) -> tuple[str, Optional[str]]:
+  """'configs/efficientnetv2.py:s,runlocal' -> ('configs/efficientnetv2.py', 's,runlocal'); no arg -> None."""
+  if not spec:
+    raise ValueError('--config: expected "path/to/config.py[:arg]", got an empty string')
+  path, sep, arg = spec.partition(':')
+  if not path.endswith('.py'):
+    raise ValueError(f'--config={spec!r}: the path must name a .py file, e.g. "configs/efficientnet.py:b0"')
+  return path, (arg if sep and arg else None)
+
+
+def load_config_module(path: str):
+  """Imports a config file by path (config files live outside the package, as with config_flags)."""
+  if not os.path.isfile(path):
+    raise ValueError(f'--config: no such file {path!r}')
+  name = '_effnet_config_' + re.sub(r'\W', '_', os.path.splitext(os.path.basename(path))[0])
+  module_spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module
+
+
+def load_config(spec: str):
+  """Loads `path/to/config.py[:arg]` and returns `get_config(arg)` (or `get_config()` without an arg): the same
+  convention as `--config` of effnet.main, for notebooks and the tools."""
+  path, arg = split_config_spec(spec)
+  module = load_config_module(path)
+  if not hasattr(module, 'get_config'):
+    raise ValueError(f'--config={spec!r}: {path} defines no get_config()')
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def _parse_value(text: str, current: Any) -> Any:
+  """Casts an override string like the existing field: bools accept true/false/1/0, strings stay strings."""
+  if isinstance(current, bool):
+    low = text.lower()
+    if low not in ('true', 'false', '1', '0', 'yes', 'no'):
+      raise ValueError(f'expected a bool (true/false), got {text!r}')
+    return low in ('true', '1', 'yes')
+  if isinstance(current, str):
+    return text
+  if text.lower() in ('none', 'null'):
+    return None
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+  if isinstance(value, list):
+    value = tuple(value)
+  if isinstance(current, float) and isinstance(value, int):
+    value = float(value)
+  return value
+
+
+def apply_override(config, assignment: str) -> None:
+  """Applies one `section.field=value` override in place; unknown fields raise ValueError naming them."""
+  key, sep, text = assignment.partition('=')
+  key = key.strip()
+  if not sep or not key:
+    raise ValueError(f'--set {assignment!r}: expected "section.field=value", e.g. "model.dropout_rate=0.3"')
+  *parents, leaf = key.split('.')
+  node = config
+  for i, part in enumerate(parents):
+    if part not in node:
+      raise ValueError(f'--set {key}: no field {".".join(parents[:i + 1])!r}; allowed: {sorted(node.keys())}')
+    node = node[part]
+  if not hasattr(node, 'keys') or leaf not in node:
+    allowed = sorted(node.keys()) if hasattr(node, 'keys') else []
+    raise ValueError(f'--set {key}: no such field; allowed in {".".join(parents) or "config"}: {allowed}')
+  try:
+    node[leaf] = _parse_value(text, node[leaf])
+  except (TypeError, ValueError) as e:
+    raise ValueError(f'--set {key}={text!r}: {e}') from None

@@ -1,5 +1,8 @@
 """Metric writing and progress reporting with clu: TensorBoard summaries plus readable log lines on host 0 only,
-a parameter overview at start, and steps/s, ETA and images/s while training."""
+a parameter overview at start, and steps/s, ETA and images/s while training.
+
+clu's writers, progress and overview modules import TensorFlow, so they are imported inside the functions: the
+trainer module stays importable where TensorFlow is absent (it is needed only once training builds its pipeline)."""
 from __future__ import annotations
 
 import json
@@ -10,20 +13,25 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
-from clu import metric_writers, parameter_overview, periodic_actions
 
 
 def create_writer(workdir: str):
-  """TensorBoard + logging writer; non-zero hosts only log (clu's convention, avoids duplicate event files)."""
+  """TensorBoard + logging writer; non-zero hosts only log (clu's convention, avoids duplicate event files).
+
+  clu's writers pull in TensorFlow (for the summary writer), so they are imported here and not at module import:
+  the step, model and trainer modules stay importable where TensorFlow is absent."""
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
   return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0, asynchronous=True)
 
 
 def log_parameter_overview(params) -> None:
+  from clu import parameter_overview  # pylint: disable=g-import-not-at-top
   if jax.process_index() == 0:
     parameter_overview.log_parameter_overview(params)
 
 
 def report_progress(num_train_steps: int, writer):
+  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
   return periodic_actions.ReportProgress(num_train_steps=num_train_steps, writer=writer, every_secs=60)
 
 

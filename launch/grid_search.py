@@ -438,12 +438,6 @@ def main(argv: Sequence[str] | None = None) -> int:
   cols = ["run", "alpha", "beta", "gamma", "product", "width", "depth", "res"] + \
       ([] if a.no_stats else ["params", "macs"])
   print(format_table(table, cols), flush=True)
-  ema = float(base_config.optim.ema_decay or 0.0)
-  if base_config.train.eval_ema and 0.0 < ema < 1.0 and a.steps < 2.0 / (1.0 - ema):
-    print(f"# note: eval uses EMA weights with optim.ema_decay={ema:g} (averaging ~{1.0 / (1.0 - ema):.0f} steps), "
-          f"but a proxy run has only {a.steps} steps, so eval_top1 would mostly measure the initial weights. Pass "
-          "`-- --config.train.eval_ema=false` or a smaller --config.optim.ema_decay for short proxy budgets.",
-          flush=True)
 
   # Every run gets the base overrides (except the fields the grid scales) and the proxy budget.
   common = [f"--config.{s}" for s in sets if s.partition("=")[0].strip() not in SCALED_KEYS]

@@ -13,16 +13,15 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import importlib.util
 import inspect
 import json
 import math
-import os
 import re
 import subprocess
 import sys
 from typing import Any, Sequence
 
+from effnet import config_lib
 from launch import DEFAULT_MODULE, Runner, format_override_value, override_flags
 
 METRICS_FILE = "final_metrics.json"
@@ -34,22 +33,9 @@ def _path(p: str):
   return epath.Path(p)
 
 
-def split_config_arg(config: str) -> tuple[str, str | None]:
-  """'configs/efficientnetv2.py:s,runlocal' -> ('configs/efficientnetv2.py', 's,runlocal')."""
-  path, sep, arg = config.partition(":")
-  if not path.endswith(".py"):
-    raise ValueError(f"config={config!r}: expected PATH.py or PATH.py:ARG")
-  return path, (arg if sep else None)
-
-
-def load_config_module(path: str):
-  if not os.path.exists(path):
-    raise ValueError(f"config: file {path!r} does not exist")
-  name = "_effnet_sweep_config_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+# The config-file conventions are effnet's own (effnet.main's --config): one implementation, re-used here.
+split_config_arg = config_lib.split_config_spec
+load_config_module = config_lib.load_config_module
 
 
 def expand(module, name: str | None = None) -> list[dict[str, Any]]:

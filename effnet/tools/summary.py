@@ -8,15 +8,12 @@ does to the network, should not need a training run, a dataset or an accelerator
 shapes only (`jax.eval_shape` / `jax.make_jaxpr`), so even L2 at 800 px is summarised in seconds on a CPU.
 
 It uses argparse, not absl flags: only effnet/main.py defines absl flags. Config files are loaded from their path
-with importlib (`load_config`), the same `path[:arg]` convention as ml_collections' config_flags.
+with `effnet.config_lib.load_config`, the same `path[:arg]` convention as ml_collections' config_flags.
 """
 from __future__ import annotations
 
 import argparse
-import ast
-import importlib.util
 import math
-import os
 import sys
 from typing import Any, Mapping, Optional, Sequence
 
@@ -24,67 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from effnet import models
-
-
-def load_config(spec: str):
-  """Loads `path/to/config.py[:arg]` and returns `get_config(arg)` (or `get_config()` without an arg)."""
-  if not spec:
-    raise ValueError('--config: expected "path/to/config.py[:arg]", got an empty string')
-  path, sep, arg = spec.partition(':')
-  if not path.endswith('.py'):
-    raise ValueError(f'--config={spec!r}: the path must name a .py file, e.g. "configs/efficientnet.py:b0"')
-  if not os.path.isfile(path):
-    raise ValueError(f'--config={spec!r}: no such file {path!r}')
-  name = '_effnet_config_' + os.path.splitext(os.path.basename(path))[0]
-  module_spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  if not hasattr(module, 'get_config'):
-    raise ValueError(f'--config={spec!r}: {path} defines no get_config()')
-  return module.get_config(arg) if sep and arg else module.get_config()
-
-
-def _parse_value(text: str, current: Any) -> Any:
-  """Casts an override string like the existing field: bools accept true/false/1/0, strings stay strings."""
-  if isinstance(current, bool):
-    low = text.lower()
-    if low not in ('true', 'false', '1', '0', 'yes', 'no'):
-      raise ValueError(f'expected a bool (true/false), got {text!r}')
-    return low in ('true', '1', 'yes')
-  if isinstance(current, str):
-    return text
-  if text.lower() in ('none', 'null'):
-    return None
-  try:
-    value = ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
-  if isinstance(value, list):
-    value = tuple(value)
-  if isinstance(current, float) and isinstance(value, int):
-    value = float(value)
-  return value
-
-
-def apply_override(config, assignment: str) -> None:
-  """Applies one `section.field=value` override in place; unknown fields raise ValueError naming them."""
-  key, sep, text = assignment.partition('=')
-  key = key.strip()
-  if not sep or not key:
-    raise ValueError(f'--set {assignment!r}: expected "section.field=value", e.g. "model.dropout_rate=0.3"')
-  *parents, leaf = key.split('.')
-  node = config
-  for i, part in enumerate(parents):
-    if part not in node:
-      raise ValueError(f'--set {key}: no field {".".join(parents[:i + 1])!r}; allowed: {sorted(node.keys())}')
-    node = node[part]
-  if not hasattr(node, 'keys') or leaf not in node:
-    allowed = sorted(node.keys()) if hasattr(node, 'keys') else []
-    raise ValueError(f'--set {key}: no such field; allowed in {".".join(parents) or "config"}: {allowed}')
-  try:
-    node[leaf] = _parse_value(text, node[leaf])
-  except (TypeError, ValueError) as e:
-    raise ValueError(f'--set {key}={text!r}: {e}') from None
+from effnet.config_lib import apply_override, load_config  # noqa: F401 (re-exported for notebooks)
 
 
 def _field(cfg, name):
