@@ -28,11 +28,10 @@ import json
 import math
 import os
 import re
-import subprocess
 import sys
 from typing import Any, Sequence
 
-from launch import DEFAULT_MODULE, Runner, override_flags
+from launch import DEFAULT_MODULE, Runner
 from launch import sweep as sweep_lib
 
 TARGET = 2.0  # α·β²·γ² ≈ 2: FLOPs grow by ~2^φ (EfficientNet eq. 3)
@@ -187,60 +186,6 @@ def plan(base_config, cands: Sequence[tuple[float, float, float]], phi: float = 
   for r, n in zip(runs, names):
     r.name = n[len("n="):]
   return runs
-
-
-# ---- running (launch.sweep's machinery) ----
-@dataclasses.dataclass
-class Backend:
-  kind: str = "local"                 # 'local' | 'tpu'
-  module: str = DEFAULT_MODULE
-  tpu_name: str | None = None
-  zone: str | None = None
-  project: str | None = None
-  accelerator_type: str = "v4-8"
-  spot: bool = False
-  queued: bool = False
-  tfds_data_dir: str | None = None
-  retry_preempted: int = 0
-
-
-def run_one(runner: Runner, backend: Backend, base: str, workdir: str, overrides: dict, extra: Sequence[str]) -> int:
-  """One candidate, exactly as `launch.sweep` runs one sweep entry (locally, or attached on an existing slice)."""
-  if backend.kind == "local":
-    return sweep_lib.run_local(runner, base, workdir, overrides, extra, backend.module)
-  if backend.kind != "tpu":
-    raise ValueError(f"backend={backend.kind!r}; allowed: local, tpu")
-  from launch import tpu as tpu_lib
-  if not backend.tpu_name or not backend.zone:
-    raise ValueError("tpu_name/zone: required with --backend=tpu")
-  s = tpu_lib.Slice(backend.tpu_name, backend.zone, backend.accelerator_type, project=backend.project,
-                    spot=backend.spot, queued=backend.queued)
-  job = tpu_lib.Job(base, workdir, [*override_flags(overrides), *extra], backend.module, backend.tfds_data_dir)
-  if backend.retry_preempted:
-    return tpu_lib.do_up(runner, s, job, {}, backend.retry_preempted, "none", create=False)
-  return tpu_lib.do_run(runner, s, job, "none")
-
-
-def run_all(runner: Runner, backend: Backend, base: str, root: str, runs: Sequence[Run], extra: Sequence[str],
-            rerun: bool = False, stop_on_failure: bool = False) -> dict[str, str]:
-  """Runs the candidates one after another and skips those that have already finished. Returns {name: status}."""
-  status: dict[str, str] = {}
-  for i, r in enumerate(runs):
-    wd = f"{root}/{r.name}"
-    if not rerun and not runner.dry_run and sweep_lib.read_metrics(wd) is not None:
-      print(f"# [{i + 1}/{len(runs)}] {r.name}: finished, skipped", flush=True)
-      continue
-    print(f"# [{i + 1}/{len(runs)}] {r.name}  (α·β²·γ²={r.product:.4f})", flush=True)
-    try:
-      rc = run_one(runner, backend, base, wd, r.overrides, extra)
-    except (ValueError, subprocess.CalledProcessError) as e:
-      print(f"error: {e}", file=sys.stderr)
-      rc = 1
-    if rc != 0:
-      status[r.name] = f"failed (exit {rc})"
-      if stop_on_failure:
-        break
-  return status
 
 
 # ---- results ----
@@ -442,10 +387,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   # Every run gets the base overrides (except the fields the grid scales) and the proxy budget.
   common = [f"--config.{s}" for s in sets if s.partition("=")[0].strip() not in SCALED_KEYS]
   common += [f"--config.train.total_steps={a.steps}", *rest]
-  backend = Backend(a.backend, a.module, a.tpu_name, a.zone, a.project, a.accelerator_type, a.spot, a.queued,
-                    a.tfds_data_dir, a.retry_preempted)
+  backend = sweep_lib.Backend(a.backend, a.module, a.tpu_name, a.zone, a.project, a.accelerator_type, a.spot,
+                              a.queued, a.tfds_data_dir, a.retry_preempted)
   runner = Runner(dry_run=a.dry_run)
-  status = run_all(runner, backend, a.base, root, runs, common, a.rerun, a.stop_on_failure)
+  status = sweep_lib.run_all(runner, backend, a.base, root, [(r.name, r.overrides) for r in runs], common,
+                             a.rerun, a.stop_on_failure)
   if a.dry_run:
     return 0
   records = write_results(root, runs, status)

@@ -11,6 +11,7 @@ resumes from the checkpoint in its workdir. Workdirs may be local or gs:// (etil
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import csv
 import hashlib
 import inspect
@@ -142,6 +143,74 @@ def run_local(runner: Runner, config: str, workdir: str, overrides: dict, extra:
   return runner.run(argv, check=False).returncode
 
 
+@dataclasses.dataclass
+class Backend:
+  """Where the runs of a sweep (or of the grid search / NAS built on it) execute."""
+  kind: str = "local"                 # 'local' | 'tpu'
+  module: str = DEFAULT_MODULE
+  tpu_name: str | None = None
+  zone: str | None = None
+  project: str | None = None
+  accelerator_type: str = "v4-8"
+  spot: bool = False
+  queued: bool = False
+  tfds_data_dir: str | None = None
+  retry_preempted: int = 0
+  tpu_per_run: bool = False           # one slice per run (NAME-<i>), started detached
+
+  def validate(self) -> None:
+    if self.kind not in ("local", "tpu"):
+      raise ValueError(f"backend={self.kind!r}; allowed: local, tpu")
+    if self.kind == "tpu" and (not self.tpu_name or not self.zone):
+      raise ValueError("tpu_name/zone: required with --backend=tpu")
+    if self.tpu_per_run and self.retry_preempted:
+      raise ValueError("retry_preempted: only with runs on one slice (no --tpu_per_run); per-run slices start "
+                       "detached")
+
+
+def run_one(runner: Runner, backend: Backend, config: str, workdir: str, overrides: dict, extra: Sequence[str],
+            index: int = 0) -> int:
+  """One run: a local subprocess, or on TPU (attached on an existing slice, or its own slice started detached)."""
+  backend.validate()
+  if backend.kind == "local":
+    return run_local(runner, config, workdir, overrides, extra, backend.module)
+  from launch import tpu as tpu_lib
+  s = tpu_lib.Slice(f"{backend.tpu_name}-{index}" if backend.tpu_per_run else backend.tpu_name, backend.zone,
+                    backend.accelerator_type, project=backend.project, spot=backend.spot, queued=backend.queued)
+  job = tpu_lib.Job(config, workdir, [*override_flags(overrides), *extra], backend.module, backend.tfds_data_dir)
+  if backend.tpu_per_run:  # create + setup + start detached; collect later with --collect_only
+    return tpu_lib.do_up(runner, s, job, {}, 0, "nohup")
+  if backend.retry_preempted:  # attached, so the next run starts when this one ends
+    return tpu_lib.do_up(runner, s, job, {}, backend.retry_preempted, "none", create=False)
+  return tpu_lib.do_run(runner, s, job, "none")
+
+
+def run_all(runner: Runner, backend: Backend, config: str, root: str, runs: Sequence[tuple[str, dict]],
+            extra: Sequence[str], rerun: bool = False, stop_on_failure: bool = False) -> dict[str, str]:
+  """Runs (name, overrides) pairs one after another under root/name, skipping finished ones (they have
+  final_metrics.json). Returns {name: status} for the runs that did not finish here: 'failed (exit N)' or
+  'launched' (detached on their own slice)."""
+  status: dict[str, str] = {}
+  for i, (name, overrides) in enumerate(runs):
+    wd = f"{root}/{name}"
+    if not rerun and not runner.dry_run and read_metrics(wd) is not None:
+      print(f"# [{i + 1}/{len(runs)}] {name}: finished, skipped", flush=True)
+      continue
+    print(f"# [{i + 1}/{len(runs)}] {name}", flush=True)
+    try:
+      rc = run_one(runner, backend, config, wd, overrides, extra, index=i)
+    except (ValueError, subprocess.CalledProcessError) as e:
+      print(f"error: {e}", file=sys.stderr)
+      rc = 1
+    if rc != 0:
+      status[name] = f"failed (exit {rc})"
+      if stop_on_failure:
+        break
+    elif backend.tpu_per_run:
+      status[name] = "launched"
+  return status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   extra = []
@@ -192,45 +261,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"# {sum(r['status'] == 'done' for r in records)}/{len(records)} finished; wrote {root}/results.csv")
     return 0
   runner = Runner(dry_run=a.dry_run)
-  status: dict[str, str] = {}
-  failed = 0
-  if a.backend == "tpu":
-    from launch import tpu as tpu_lib
-    if not a.tpu_name or not a.zone:
-      print("error: tpu_name/zone: required with --backend=tpu", file=sys.stderr)
-      return 2
-    if a.tpu_per_run and a.retry_preempted:
-      print("error: retry_preempted: only with runs on one slice (no --tpu_per_run); per-run slices start detached",
-            file=sys.stderr)
-      return 2
-  for i, (r, n) in enumerate(zip(runs, names)):
-    wd = f"{root}/{n}"
-    if not a.rerun and not a.dry_run and read_metrics(wd) is not None:
-      print(f"# [{i + 1}/{len(runs)}] {n}: finished, skipped", flush=True)
-      status[n] = "done"
-      continue
-    print(f"# [{i + 1}/{len(runs)}] {n}", flush=True)
-    if a.backend == "local":
-      rc = run_local(runner, a.config, wd, r, extra, a.module)
-    else:
-      try:
-        s = tpu_lib.Slice(f"{a.tpu_name}-{i}" if a.tpu_per_run else a.tpu_name, a.zone, a.accelerator_type,
-                          project=a.project, spot=a.spot, queued=a.queued)
-        job = tpu_lib.Job(a.config, wd, [*override_flags(r), *extra], a.module, a.tfds_data_dir)
-        if a.tpu_per_run:  # create + setup + start detached; collect later with --collect_only
-          rc = tpu_lib.do_up(runner, s, job, {}, 0, "nohup")
-          status[n] = "launched"
-        else:  # runs one after another on the existing slice; attached so the next starts when this one ends
-          rc = tpu_lib.do_up(runner, s, job, {}, a.retry_preempted, "none", create=False) if a.retry_preempted \
-              else tpu_lib.do_run(runner, s, job, "none")
-      except (ValueError, subprocess.CalledProcessError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        rc = 1
-    if rc != 0:
-      failed += 1
-      status[n] = f"failed (exit {rc})"
-      if a.stop_on_failure:
-        break
+  backend = Backend(a.backend, a.module, a.tpu_name, a.zone, a.project, a.accelerator_type, a.spot, a.queued,
+                    a.tfds_data_dir, a.retry_preempted, a.tpu_per_run)
+  try:
+    backend.validate()
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  status = run_all(runner, backend, a.config, root, list(zip(names, runs)), extra, a.rerun, a.stop_on_failure)
+  failed = sum(v.startswith("failed") for v in status.values())
   if a.dry_run:
     return 0
   records = collect(root, runs, names, status)

@@ -10,6 +10,7 @@ from decimal import Decimal
 import pytest
 
 from launch import grid_search as gs
+from launch import sweep as sweep_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config.model.blocks=('r1_k3_s1_e1_i16_o16_c1','r1_k3_s2_e4_i16_o24_se0.25')",
@@ -159,7 +160,8 @@ def test_tiny_search_end_to_end(tmp_path, monkeypatch, capsys):
   runs = gs.plan(gs.load_base("configs/demo.py", gs.split_extra(TINY)[0]), gs.candidates(0.2, 0.02, 1.4),
                  with_stats=False)
   runner = Runner()
-  assert gs.run_all(runner, gs.Backend(), "configs/demo.py", str(root), runs, []) == {}
+  assert sweep_lib.run_all(runner, sweep_lib.Backend(), "configs/demo.py", str(root),
+                           [(r.name, r.overrides) for r in runs], []) == {}
   assert runner.commands == [] and capsys.readouterr().out.count("finished, skipped") == 2
 
 
