@@ -25,7 +25,9 @@ class Checkpointer:
       raise ValueError(f'train.keep_checkpoints={keep}; allowed: >= 1')
     if every_steps < 1:
       raise ValueError(f'train.checkpoint_every_steps={every_steps}; allowed: >= 1')
-    self.directory = os.fspath(directory)
+    directory = os.fspath(directory)
+    # orbax needs absolute paths; a relative local workdir (e.g. `--workdir=workdirs/demo`) is taken from the cwd.
+    self.directory = directory if '://' in directory else os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every_steps,
                                            enable_async_checkpointing=use_async, create=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
