@@ -48,15 +48,8 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
-FILL_VALUE = 128
-MAX_LEVEL = 10.0
-
-# Official RandAugment op order (index = switch_case branch).
-RANDAUGMENT_OPS = (
-    'AutoContrast', 'Equalize', 'Invert', 'Rotate', 'Posterize', 'Solarize', 'Color', 'Contrast',
-    'Brightness', 'Sharpness', 'ShearX', 'ShearY', 'TranslateX', 'TranslateY', 'Cutout', 'SolarizeAdd')
-OP_INDEX = {name: i for i, name in enumerate(RANDAUGMENT_OPS)}
-GEOMETRIC_OPS = ('Rotate', 'ShearX', 'ShearY', 'TranslateX', 'TranslateY')
+# Official RandAugment op order (index = switch_case branch), shared with the on-device version.
+from effnet.data.policy import FILL_VALUE, GEOMETRIC_OPS, MAX_LEVEL, OP_INDEX, RANDAUGMENT_OPS  # noqa: E402,F401
 # Ops that do not commute with a geometric op even away from the fill (global stats / neighbourhood / spatial).
 NON_POINTWISE_OPS = ('AutoContrast', 'Equalize', 'Sharpness', 'Cutout')
 IDENTITY_OP = -1  # layer index meaning "not applied" (AutoAugment prob failed)

@@ -61,14 +61,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-FILL_VALUE = 128
-MAX_LEVEL = 10.0
-RANDAUGMENT_OPS = (
-    'AutoContrast', 'Equalize', 'Invert', 'Rotate', 'Posterize', 'Solarize', 'Color', 'Contrast',
-    'Brightness', 'Sharpness', 'ShearX', 'ShearY', 'TranslateX', 'TranslateY', 'Cutout', 'SolarizeAdd')
-OP_INDEX = {name: i for i, name in enumerate(RANDAUGMENT_OPS)}
+from effnet.data.policy import FILL_VALUE, GEOMETRIC_OPS, MAX_LEVEL, OP_INDEX, RANDAUGMENT_OPS  # noqa: F401
+
 NUM_OPS = len(RANDAUGMENT_OPS)
-GEOMETRIC_OPS = ('Rotate', 'ShearX', 'ShearY', 'TranslateX', 'TranslateY')
 IDENTITY_OP = -1  # any index outside [0, 16) leaves the sample unchanged
 
 
