@@ -15,18 +15,10 @@ from typing import Any, Optional
 import ml_collections
 from ml_collections import config_dict
 
-from effnet import models
+from effnet import data, models, optim, progressive
 
-PREPROCESS_TRAIN = ('inception_v1', 'inception_v2', 'resize')
-PREPROCESS_EVAL = ('center_crop_v1', 'center_crop_v2', 'resize')
-AUGMENTS = ('none', 'autoaugment', 'randaugment', 'ft')
-NORMALIZATIONS = ('imagenet', 'inception_128')
-RESIZE_METHODS = (None, 'bicubic', 'bilinear')
-SCHEDULES = ('exponential', 'cosine', 'constant')
-WD_RULES = ('tpu', 'automl', 'kernels')
 NAN_POLICIES = ('stop', 'skip')
 DIST_INIT = ('auto', 'yes', 'no')
-PROGRESSIVE_RULES = ('paper', 'code')
 
 
 def parse_arg(arg: str | None, lazy: bool = False, **spec):
@@ -150,17 +142,16 @@ def validate(c: ml_collections.ConfigDict) -> None:
   """Checks every enumerated or bounded field before anything is built or compiled."""
   models.build_model(c.model)  # validates blocks, widths, rounding, survival, dtype, dropout, classes, BN groups
   _check(c.model.family, models.FAMILIES, 'model.family')
-  _check(c.model.dtype, tuple(models.DTYPES), 'model.dtype')
-  _check(c.data.train_preprocess, PREPROCESS_TRAIN, 'data.train_preprocess')
-  _check(c.data.eval_preprocess, PREPROCESS_EVAL, 'data.eval_preprocess')
-  _check(c.data.augment, AUGMENTS, 'data.augment')
-  _check(c.data.normalization, NORMALIZATIONS, 'data.normalization')
-  _check(c.data.resize_method, RESIZE_METHODS, 'data.resize_method')
-  _check(c.optim.schedule, SCHEDULES, 'optim.schedule')
-  _check(c.optim.weight_decay_rule, WD_RULES, 'optim.weight_decay_rule')
+  _check(c.data.train_preprocess, data.TRAIN_PREPROCESS, 'data.train_preprocess')
+  _check(c.data.eval_preprocess, data.EVAL_PREPROCESS, 'data.eval_preprocess')
+  _check(c.data.augment, data.AUGMENTS, 'data.augment')
+  _check(c.data.normalization, data.NORMALIZATIONS, 'data.normalization')
+  _check(c.data.resize_method, (None,) + data.RESIZE_METHODS, 'data.resize_method')
+  _check(c.optim.schedule, optim.SCHEDULES, 'optim.schedule')
+  _check(c.optim.weight_decay_rule, optim.WEIGHT_DECAY_RULES, 'optim.weight_decay_rule')
   _check(c.train.nan_policy, NAN_POLICIES, 'train.nan_policy')
   _check(c.distributed.initialize, DIST_INIT, 'distributed.initialize')
-  _check(c.progressive.rule, PROGRESSIVE_RULES, 'progressive.rule')
+  _check(c.progressive.rule, progressive.RULES, 'progressive.rule')
   positive = {'train.batch_size': c.train.batch_size, 'train.eval_batch_size': c.train.eval_batch_size,
               'data.image_size': c.data.image_size, 'data.eval_image_size': c.data.eval_image_size,
               'model.width_coefficient': c.model.width_coefficient,

@@ -16,10 +16,7 @@ import numpy as np
 
 
 def create_writer(workdir: str):
-  """TensorBoard + logging writer; non-zero hosts only log (clu's convention, avoids duplicate event files).
-
-  clu's writers pull in TensorFlow (for the summary writer), so they are imported here and not at module import:
-  the step, model and trainer modules stay importable where TensorFlow is absent."""
+  """TensorBoard + logging writer; non-zero hosts only log (clu's convention, avoids duplicate event files)."""
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
   return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0, asynchronous=True)
 

@@ -3,8 +3,8 @@
 The train step: uint8 images → normalise on device → optional mixup/cutmix → forward (bf16 activations, f32
 logits) → label-smoothed cross entropy + coupled L2 → TF-RMSProp → EMA. Per-stage values (dropout rate, mixup and
 cutmix alphas) are traced scalars, so they change between progressive-learning stages without a recompile. A
-non-finite loss or update never reaches the state: the update is dropped and the step is reported, and the trainer stops
-(nan_policy='stop') or carries on (nan_policy='skip').
+non-finite loss or update never reaches the state: the update is dropped and the step is reported, and the trainer
+stops (nan_policy='stop') or carries on (nan_policy='skip').
 """
 
 import dataclasses

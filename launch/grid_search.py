@@ -215,13 +215,13 @@ def write_results(root: str, runs: Sequence[Run], status: dict[str, str]) -> lis
     g = dict(rec["grid"])
     if "params" in rec["metrics"]:
       g["params"] = rec["metrics"]["params"]
-    rows.append([rec["run"], rec["status"], *[sweep_lib._cell(g.get(k, "")) for k in gkeys],  # pylint: disable=protected-access
-                 *[sweep_lib._cell(rec["overrides"].get(k, "")) for k in okeys],  # pylint: disable=protected-access
-                 *[sweep_lib._cell(rec["metrics"].get(k, "")) for k in mkeys],  # pylint: disable=protected-access
+    rows.append([rec["run"], rec["status"], *[sweep_lib.format_cell(g.get(k, "")) for k in gkeys],
+                 *[sweep_lib.format_cell(rec["overrides"].get(k, "")) for k in okeys],
+                 *[sweep_lib.format_cell(rec["metrics"].get(k, "")) for k in mkeys],
                  rec["workdir"]])
   buf = io.StringIO()
   csv.writer(buf, lineterminator="\n").writerows(rows)
-  p = sweep_lib._path(root)  # pylint: disable=protected-access
+  p = sweep_lib.as_path(root)
   (p / "results.csv").write_text(buf.getvalue())
   (p / "results.json").write_text(json.dumps(records, indent=2, default=str))
   return records
@@ -275,7 +275,7 @@ def generate_configs(base: str, sets: Sequence[str], alpha: float, beta: float, 
   entry also has `efficientnet_spec`, the same constants on the official v1-B0 base in configs/efficientnet.py."""
   base_config = load_base(base, sets)
   base_spec = _base_relative(base)
-  out = sweep_lib._path(out_dir)  # pylint: disable=protected-access
+  out = sweep_lib.as_path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   entries = []
   for phi in phis:
@@ -417,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "grid": {"step": a.step, "tol": a.tol, "max_coef": a.max_coef, "target": a.target,
                        "explicit": a.candidates},
               "configs": entries}
-  sweep_lib._path(root).joinpath("best.json").write_text(json.dumps(best_out, indent=2))  # pylint: disable=protected-access
+  sweep_lib.as_path(root).joinpath("best.json").write_text(json.dumps(best_out, indent=2))
   print(f"# best: α={g['alpha']:g} β={g['beta']:g} γ={g['gamma']:g} (α·β²·γ²={g['product']:.4f}), "
         f"eval_top1={best['metrics']['eval_top1']:.4f}; wrote {root}/best.json", flush=True)
   print(f"# step 2: configs for φ={','.join(f'{p:g}' for p in phis)} in {configs_dir}", flush=True)

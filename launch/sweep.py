@@ -29,7 +29,7 @@ METRICS_FILE = "final_metrics.json"
 _MAX_NAME = 120
 
 
-def _path(p: str):
+def as_path(p: str):
   from etils import epath  # local paths and gs:// through the same API orbax/tfds use
   return epath.Path(p)
 
@@ -98,7 +98,7 @@ def run_names(runs: Sequence[dict]) -> list[str]:
 
 
 def read_metrics(workdir: str) -> dict | None:
-  p = _path(workdir) / METRICS_FILE
+  p = as_path(workdir) / METRICS_FILE
   if not p.exists():
     return None
   return json.loads(p.read_text())
@@ -110,19 +110,19 @@ def collect(workdir_root: str, runs: Sequence[dict], names: Sequence[str],
   status = status or {}
   records = []
   for r, n in zip(runs, names):
-    wd = str(_path(workdir_root) / n)
+    wd = str(as_path(workdir_root) / n)
     m = read_metrics(wd)
     records.append({"run": n, "workdir": wd, "status": "done" if m is not None else status.get(n, "missing"),
                     "overrides": dict(r), "metrics": m or {}})
-  root = _path(workdir_root)
+  root = as_path(workdir_root)
   root.mkdir(parents=True, exist_ok=True)
   (root / "results.json").write_text(json.dumps(records, indent=2, default=str))
   okeys = list(dict.fromkeys(k for rec in records for k in rec["overrides"]))
   mkeys = list(dict.fromkeys(k for rec in records for k in rec["metrics"]))
   rows = [["run", "status", *okeys, *mkeys, "workdir"]]
   for rec in records:
-    rows.append([rec["run"], rec["status"], *[_cell(rec["overrides"].get(k, "")) for k in okeys],
-                 *[_cell(rec["metrics"].get(k, "")) for k in mkeys], rec["workdir"]])
+    rows.append([rec["run"], rec["status"], *[format_cell(rec["overrides"].get(k, "")) for k in okeys],
+                 *[format_cell(rec["metrics"].get(k, "")) for k in mkeys], rec["workdir"]])
   import io
   buf = io.StringIO()
   csv.writer(buf, lineterminator="\n").writerows(rows)
@@ -130,7 +130,7 @@ def collect(workdir_root: str, runs: Sequence[dict], names: Sequence[str],
   return records
 
 
-def _cell(v) -> str:
+def format_cell(v) -> str:
   if isinstance(v, float) and math.isfinite(v):
     return repr(v)
   return format_override_value(v) if not isinstance(v, str) else v

@@ -137,10 +137,14 @@ def test_validate_rejects_bad_enums_naming_field(field, value):
 
 
 @pytest.mark.parametrize('field,value', [
+    # out of range
     ('train.batch_size', 0), ('model.width_coefficient', -1.0), ('optim.weight_decay', -1e-5),
     ('optim.ema_decay', 1.0), ('model.survival_prob', 0.0),
+    # enumerated or bounded fields that build_model / the pipeline would otherwise only catch later
+    ('model.depthwise_impl', 'fft'), ('data.resize_method', 'nearest'), ('model.dropout_rate', 1.5),
+    ('model.num_classes', -3), ('model.bn_group_size', -1),
 ])
-def test_validate_rejects_out_of_range(field, value):
+def test_validate_rejects_bad_values(field, value):
   c = _v1('b0')
   section, name = field.split('.')
   c[section][name] = value
@@ -206,18 +210,6 @@ def test_load_config_errors():
     load_config('configs/does_not_exist.py:b0')
   with pytest.raises(ValueError, match='.py'):
     load_config('configs/efficientnet:b0')
-
-
-@pytest.mark.parametrize('field,value', [
-    ('model.depthwise_impl', 'fft'), ('data.resize_method', 'nearest'), ('model.dropout_rate', 1.5),
-    ('model.num_classes', -3), ('model.bn_group_size', -1),
-])
-def test_validate_checks_every_enumerated_field(field, value):
-  c = _v1('b0')
-  section, name = field.split('.')
-  c[section][name] = value
-  with pytest.raises(ValueError, match=field.replace('.', r'\.')):
-    config_lib.validate(c)
 
 
 def test_summary_tool_b0(capsys):

@@ -11,6 +11,11 @@ import jax.numpy as jnp
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 NORMALIZATIONS = ("imagenet", "inception_128")
+# Recipe names of the host pipeline (effnet.data.pipeline); here, TF-free, so config validation can share them.
+TRAIN_PREPROCESS = ("inception_v1", "inception_v2", "resize")
+EVAL_PREPROCESS = ("center_crop_v1", "center_crop_v2", "resize")
+AUGMENTS = ("none", "autoaugment", "randaugment", "ft")
+RESIZE_METHODS = ("bicubic", "bilinear")
 
 
 def normalize(images, normalization="imagenet", dtype=jnp.float32):

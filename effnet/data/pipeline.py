@@ -34,10 +34,7 @@ try:  # keep TF off any GPU the host may have: JAX owns the accelerator
 except (RuntimeError, ValueError):  # pragma: no cover - already initialised
   pass
 
-TRAIN_PREPROCESS = ("inception_v1", "inception_v2", "resize")
-EVAL_PREPROCESS = ("center_crop_v1", "center_crop_v2", "resize")
-AUGMENTS = ("none", "autoaugment", "randaugment", "ft")
-RESIZE_METHODS = ("bicubic", "bilinear")
+from effnet.data import AUGMENTS, EVAL_PREPROCESS, RESIZE_METHODS, TRAIN_PREPROCESS  # noqa: E402
 BUILTIN_DATASETS = ("digits",)
 
 # Defaults for config.data fields this module reads when a field is absent.
