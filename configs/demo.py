@@ -4,16 +4,39 @@ train step and checkpointing a pod uses. Sized for a 2-core CPU: XLA's CPU convo
 V2-B0's block list at φ=-3 (width β^φ, depth α^φ) and 32 px images.
 
   python -m effnet.main --config=configs/demo.py --workdir=/tmp/demo
-  python -m effnet.main --config=configs/demo.py:phi=-2,progressive --workdir=/tmp/demo2
+  python -m effnet.main --config=configs/demo.py:progressive --workdir=/tmp/demo_prog
+  python -m launch.sweep --config=configs/demo.py --sweep=progressive --workdir_root=/tmp/sweeps/prog
+  python -m launch.sweep --config=configs/demo.py:clutter --sweep=progressive --workdir_root=/tmp/sweeps/clutter
 
-Arg tokens: phi=<float> (default -3), `progressive` (4 stages from 16 to 32 px with growing regularization).
+Arg tokens: phi=<float> (default -3), epochs=<float> (default 30), `progressive` (4 stages from 16 to 32 px with
+growing regularization), `clutter` (the `digits_clutter` set: the digits small on cluttered 32×32 canvases, where
+the input resolution matters).
+
+The recipe is the official one except where a 674-step run on 1,438 images needs otherwise. Each suspect of the
+first demo's underfitting was measured (README "The demo"; seed 0, test top-1 of the EMA weights, last train top-1):
+
+* Learning rate: constant after the warm-up (`optim.schedule='constant'`) instead of a staircase decay. The official
+  ×0.97 every 2.4 epochs is tuned for 350 ImageNet epochs; the first demo's ×0.9 per epoch left 4% of the LR for
+  the last third of the run and the net underfit (train 96.1%, test 96.1%); constant: train 98.6%, test 98.1%.
+  The EMA then does the averaging the decay did. This is the one change the demo makes for it.
+* Measured and left official: RMSProp's mean-square starting at 1 (at 0 the net fits faster, test no better),
+  stochastic depth 0.8 (off: fits, generalises worse), BN momentum 0.9 (0.99: training identical, the moving
+  statistics lag more and early evals collapse), coupled L2 1e-5 and dropout 0.1 (off: within seed noise).
+* `optim.ema_decay` 0.998 is never reached: the warm-up min(decay, (1+t)/(10+t)) stays below 0.99 for 674 steps,
+  so the average spans the last ~t/9 steps whatever the decay.
+* `optim.ema_per_stage`: with progressive learning the EMA restarts its warm-up at each stage, so the final average
+  holds only weights and BN statistics of the final image size (see effnet/optim.py).
+* lr_base 0.064 (4× the official per-256 rate), warm-up 2 epochs, BN momentum 0.9, float32 on a CPU.
 """
 from effnet import config_lib
 from effnet import models
 
+SWEEP_SEEDS = (0, 1, 2)
+DROPOUT = 0.1
+
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, phi=-3.0, progressive=False, epochs=30.0)
+  a = config_lib.parse_arg(arg, phi=-3.0, progressive=False, clutter=False, epochs=30.0)
   c = config_lib.base_config()
   s = models.variant_settings('v2', 'b0')
   config_lib.apply_model_settings(c, s)
@@ -22,10 +45,10 @@ def get_config(arg=None):
   c.model.width_coefficient, c.model.depth_coefficient = width, depth
   c.model.num_classes = 10
   c.model.dtype = 'float32'        # bfloat16 buys nothing on a CPU
-  c.model.dropout_rate = 0.1
+  c.model.dropout_rate = DROPOUT
   c.model.bn_momentum = 0.9
 
-  c.data.name = 'digits'
+  c.data.name = 'digits_clutter' if a.clutter else 'digits'
   c.data.train_split, c.data.eval_split = 'train', 'test'
   c.data.image_size = c.data.eval_image_size = 32
   c.data.train_preprocess, c.data.eval_preprocess = 'resize', 'resize'
@@ -45,29 +68,43 @@ def get_config(arg=None):
   c.train.eval_every_steps = 200
   c.optim.lr_base = 0.064          # 0.016 per 256 images is tuned for 350 ImageNet epochs; a short run needs more
   c.optim.warmup_epochs = 2.0
-  c.optim.decay_epochs = a.epochs / 30.0  # ×0.9 thirty times over the run, whatever `epochs` is
-  c.optim.decay_factor = 0.9
+  c.optim.schedule = 'constant'    # the official staircase decay underfits a 674-step run (docstring)
   c.optim.ema_decay = 0.998
+  c.optim.ema_per_stage = True     # progressive stages never share one average (effnet/optim.py)
   c.optim.weight_decay_rule = 'automl'
 
-  if a.progressive:
-    c.progressive.enabled = True
-    c.progressive.rule = 'paper'
-    c.progressive.num_stages = 4
-    c.progressive.size_min, c.progressive.size_max = 16, 32
-    c.progressive.size_multiple = 8
-    c.progressive.dropout_min, c.progressive.dropout_max = 0.0, 0.1
-    c.progressive.randaug_min = c.progressive.randaug_max = 0.0
+  # Progressive learning (V2 paper, Algorithm 1, the paper's rule): 4 stages, 16 → 32 px, dropout 0 → 0.1.
+  c.progressive.enabled = a.progressive
+  c.progressive.rule = 'paper'
+  c.progressive.num_stages = 4
+  c.progressive.size_min, c.progressive.size_max = 16, 32
+  c.progressive.size_multiple = 8
+  c.progressive.dropout_min, c.progressive.dropout_max = 0.0, DROPOUT
+  c.progressive.randaug_min = c.progressive.randaug_max = 0.0
   c.lock()
   return c
 
 
+def _progressive_settings():
+  """The V2 paper's comparison: fixed size at the final size, progressive sizes without and with adaptive
+  regularization; plus fixed at the first stage's size, which tells whether the data carries detail above it."""
+  return [
+      {},
+      {'progressive.enabled': True, 'progressive.dropout_min': DROPOUT},  # regularization fixed at its final value
+      {'progressive.enabled': True},
+      {'data.image_size': 16, 'data.eval_image_size': 16},
+  ]
+
+
 def sweep(name='se'):
-  """Ablations on the built-in set: 'se' (squeeze-excite on/off), 'survival' (stochastic depth off/on), 'phi'."""
+  """Ablations on the built-in set: 'se' (squeeze-excite on/off), 'survival' (stochastic depth off/on), 'phi',
+  'progressive' (progressive learning against fixed sizes, 3 seeds each: launch.sweep prints mean ± std)."""
   if name == 'se':
     return [{'model.se_ratio': r} for r in (0.0, 0.25)]
   if name == 'survival':
     return [{'model.survival_prob': p} for p in (1.0, 0.8)]
   if name == 'phi':
     return [{'model.width_coefficient': 1.1 ** p, 'model.depth_coefficient': 1.2 ** p} for p in (-4.0, -3.0, -2.0)]
-  raise ValueError(f'sweep name {name!r}; allowed: se, survival, phi')
+  if name == 'progressive':
+    return [{**setting, 'train.seed': seed} for setting in _progressive_settings() for seed in SWEEP_SEEDS]
+  raise ValueError(f'sweep name {name!r}; allowed: se, survival, phi, progressive')

@@ -63,7 +63,7 @@ def base_config() -> ml_collections.ConfigDict:
       family='v1', variant='b0', blocks=models.arch.V1_BASE_BLOCKS, width_coefficient=1.0, depth_coefficient=1.0,
       head_filters=1280, round_rule='tpu', depth_divisor=8, min_depth=config_dict.placeholder(int),
       num_classes=1000, dropout_rate=0.2, survival_prob=0.8, bn_momentum=0.99, bn_epsilon=1e-3, bn_group_size=0,
-      dtype='bfloat16', depthwise_impl='auto', se_ratio=config_dict.placeholder(float)))
+      dtype='bfloat16', depthwise_impl='auto', se_ratio=config_dict.placeholder(float), scan_blocks=False))
 
   c.data = ml_collections.ConfigDict(dict(
       name='imagenet2012', data_dir=config_dict.placeholder(str), manual_dir=config_dict.placeholder(str),
@@ -73,19 +73,20 @@ def base_config() -> ml_collections.ConfigDict:
       # None: legacy bicubic for the *_v1 recipes, bilinear otherwise (as the official pipelines do).
       resize_method=config_dict.placeholder(str), flip=True, shuffle_files=True, augment='none', randaug_num_layers=2, randaug_magnitude=10.0, randaug_on_device=False,
       mixup_alpha=0.0, cutmix_alpha=0.0, normalization='imagenet', shuffle_buffer=16_384, cache=False,
-      prefetch=2, num_parallel_calls=-1))
+      prefetch=2))
 
   c.optim = ml_collections.ConfigDict(dict(
       lr_base=0.016, lr=config_dict.placeholder(float), warmup_epochs=5.0, decay_epochs=2.4, decay_factor=0.97,
-      schedule='exponential', rmsprop_decay=0.9, momentum=0.9, eps=1e-3, weight_decay=1e-5,
-      weight_decay_rule='tpu', ema_decay=0.9999, label_smoothing=0.1))
+      schedule='exponential', rmsprop_decay=0.9, rmsprop_initial_scale=1.0, momentum=0.9, eps=1e-3,
+      weight_decay=1e-5,
+      weight_decay_rule='tpu', ema_decay=0.9999, ema_per_stage=False, label_smoothing=0.1))
 
   c.train = ml_collections.ConfigDict(dict(
       batch_size=4096, eval_batch_size=1024, num_epochs=350.0, total_steps=config_dict.placeholder(int),
       num_train_examples=config_dict.placeholder(int), seed=0, log_every_steps=100,
       eval_every_steps=config_dict.placeholder(int), checkpoint_every_steps=1000, keep_checkpoints=3,
       async_checkpointing=True, nan_policy='stop', early_stopping_patience=0, eval_ema=True,
-      compile_cache_dir=config_dict.placeholder(str), aot_next_stage=True, max_train_steps_per_call=1))
+      compile_cache_dir=config_dict.placeholder(str), compile_ahead=True))
 
   c.progressive = ml_collections.ConfigDict(dict(
       enabled=False, rule='code', num_stages=4, size_min=128, size_max=config_dict.placeholder(int),

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from effnet.models import abstract_variables, build_model, model_blocks
+from effnet.models import abstract_variables, build_model, model_blocks, scan_variables
 
 __all__ = ['from_timm']
 
@@ -122,14 +122,17 @@ def from_timm(state_dict: Mapping[str, Any], model_config, image_size: int = 64)
   """Maps a timm `tf_efficientnet*` state dict onto the variables of `build_model(model_config)`.
 
   `state_dict`: name -> torch tensor or numpy array (`num_batches_tracked` entries are ignored).
-  Returns `{'params': ..., 'batch_stats': ...}` (nested dicts of float32 numpy arrays) ready for `module.apply`.
+  Returns `{'params': ..., 'batch_stats': ...}` (nested dicts of float32 numpy arrays) ready for `module.apply`,
+  in the model's layout: per block, or stacked per scan group with `model.scan_blocks` (names, shapes and errors
+  are checked and reported per block either way).
   Raises ValueError naming the first tensor (in forward order) whose name or shape does not match: a timm key we
   need but the dict lacks, a timm tensor whose converted shape differs from ours, a timm key we did not use, or
   one of our variables nothing maps to. `image_size` only feeds the shape-only trace (any size works).
   """
   if not isinstance(state_dict, Mapping):
     raise ValueError(f'state_dict: expected a mapping name -> tensor, got {type(state_dict).__name__}')
-  expected = _flatten(abstract_variables(build_model(model_config), image_size))
+  module = build_model(model_config)
+  expected = _flatten(abstract_variables(module.clone(scan_blocks=False), image_size))
   sd = {k: v for k, v in state_dict.items() if not k.endswith('num_batches_tracked')}
   with_classifier = ('params', 'head_dense', 'kernel') in expected
   out: dict = {}
@@ -161,4 +164,4 @@ def from_timm(state_dict: Mapping[str, Any], model_config, image_size: int = 64)
     p = unfilled[0]
     raise ValueError(f'our variable {"/".join(p)!r} {tuple(expected[p].shape)} has no timm tensor '
                      f'({len(unfilled)} unfilled)')
-  return out
+  return scan_variables(out, module) if module.scan_blocks else out

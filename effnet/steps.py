@@ -86,10 +86,15 @@ def _topk_correct(logits, labels, k):
   return jnp.any(topk == labels[:, None], axis=-1).astype(jnp.float32)
 
 
-def hyper_defaults(dropout_rate=0.0, mixup_alpha=0.0, cutmix_alpha=0.0, randaug_magnitude=0.0):
-  """The traced per-stage values the train step takes."""
+def hyper_defaults(dropout_rate=0.0, mixup_alpha=0.0, cutmix_alpha=0.0, randaug_magnitude=0.0, ema_start_step=0):
+  """The traced per-stage values the train step takes.
+
+  `ema_start_step`: the step the EMA's warm-up counts from (TF's num_updates = step − ema_start_step). 0 is the
+  official rule; the trainer passes each stage's first step with `optim.ema_per_stage` (see effnet.optim).
+  """
   return {'dropout_rate': jnp.float32(dropout_rate), 'mixup_alpha': jnp.float32(mixup_alpha),
-          'cutmix_alpha': jnp.float32(cutmix_alpha), 'randaug_magnitude': jnp.float32(randaug_magnitude)}
+          'cutmix_alpha': jnp.float32(cutmix_alpha), 'randaug_magnitude': jnp.float32(randaug_magnitude),
+          'ema_start_step': jnp.int32(ema_start_step)}
 
 
 def make_train_step(module, tx: optax.GradientTransformation, schedule: Callable, cfg: StepConfig):
@@ -124,8 +129,9 @@ def make_train_step(module, tx: optax.GradientTransformation, schedule: Callable
     updates, new_opt = tx.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
     step = state.step + 1
-    new_ema = optim.ema_update(state.ema_params, new_params, step, cfg.ema_decay)
-    new_ema_bs = optim.ema_update(state.ema_batch_stats, new_bs, step, cfg.ema_decay)
+    ema_updates = step - hyper['ema_start_step']
+    new_ema = optim.ema_update(state.ema_params, new_params, ema_updates, cfg.ema_decay)
+    new_ema_bs = optim.ema_update(state.ema_batch_stats, new_bs, ema_updates, cfg.ema_decay)
     # A finite loss can still come with an overflowing gradient or update (e.g. an LR that overflows float32):
     # guard the loss and the update's global norm, so no inf/NaN ever reaches the state or a checkpoint.
     finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(updates))
@@ -144,16 +150,26 @@ def make_train_step(module, tx: optax.GradientTransformation, schedule: Callable
 
 
 def make_eval_step(module, cfg: StepConfig, ema: bool = True):
-  """Returns eval_step(state, batch) -> EvalMetrics, counting only examples with mask == 1."""
+  """Returns eval_step(state, batch) -> {'': EvalMetrics[, 'raw_': EvalMetrics]}, counting only mask == 1.
+
+  The '' entry uses the EMA weights when `ema` (the official eval), else the raw ones. With `ema` the raw weights
+  are evaluated too, in the same pass over the data: a run then shows at every eval whether averaging helps.
+  """
+
+  def metrics_for(variables, images, labels, mask):
+    logits = module.apply(variables, images, train=False)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return EvalMetrics.single_from_model_output(
+        loss=ce, top1=_topk_correct(logits, labels, 1), top5=_topk_correct(logits, labels, min(5, cfg.num_classes)),
+        mask=mask)
 
   def eval_step(state, batch):
     images = normalize(batch['image'], cfg.normalization, cfg.compute_dtype)
     labels = batch['label'].astype(jnp.int32)
     mask = batch['mask'].astype(jnp.float32)
-    logits = module.apply(state.eval_variables(ema), images, train=False)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    return EvalMetrics.single_from_model_output(
-        loss=ce, top1=_topk_correct(logits, labels, 1), top5=_topk_correct(logits, labels, min(5, cfg.num_classes)),
-        mask=mask)
+    out = {'': metrics_for(state.eval_variables(ema), images, labels, mask)}
+    if ema:
+      out['raw_'] = metrics_for(state.eval_variables(False), images, labels, mask)
+    return out
 
   return eval_step

@@ -1,64 +1,28 @@
 """`train_and_evaluate(config, workdir)`: the one training entry point, for a notebook, a CPU, a GPU box or a pod.
 
-Top to bottom: validate the config → start distributed JAX and the compile cache → mesh → dataset sizes and the
-stage schedule → model, optimizer → restore the latest checkpoint or create the state in place → per stage:
-compiled step (ahead of time, next stage in the background) and the host pipeline at that stage's size → steps,
-metrics, evals, checkpoints, preemption → final eval and final_metrics.json.
+Top to bottom: validate the config → start distributed JAX and the compile cache → `_setup` (mesh, dataset sizes,
+stage schedule, model, optimizer, steps, checkpointer, eval data) → `_restore_or_create` (latest checkpoint or a
+fresh state; every executable the run needs requested at once, in order of use, compiling in the background) →
+`_train_stage` per stage (its executable, its values, its input pipeline; steps, logs, evals, checkpoints,
+preemption) → `_finish` (final eval, final_metrics.json, stages.json).
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import itertools
 import logging
 import os
 import time
 from typing import Any, Optional
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from effnet import checkpoint as ckpt_lib
 from effnet import compile as compile_lib
 from effnet import config_lib, models, optim, parallel, progressive, steps
 from effnet import metrics as metrics_lib
 from effnet import state as state_lib
-
-
-def _stages(config, total_steps: int) -> list[progressive.Stage]:
-  if config.progressive.enabled:
-    return progressive.build_stages(config.progressive, total_steps, config.data.image_size,
-                                    config.train.batch_size)
-  return [progressive.Stage(index=0, start_step=0, end_step=total_steps, image_size=config.data.image_size,
-                            randaug_magnitude=float(config.data.randaug_magnitude),
-                            mixup_alpha=float(config.data.mixup_alpha), cutmix_alpha=float(config.data.cutmix_alpha),
-                            dropout_rate=None, batch_size=config.train.batch_size)]
-
-
-def _examples_before(stages, step: int) -> int:
-  """Global train examples consumed before `step` (stages may have different batch sizes)."""
-  n = 0
-  for st in stages:
-    if step <= st.start_step:
-      break
-    n += (min(step, st.end_step) - st.start_step) * st.batch_size
-  return n
-
-
-def _hyper(stage, model_dropout: float, sharding):
-  rate = model_dropout if stage.dropout_rate is None else stage.dropout_rate
-  values = steps.hyper_defaults(rate, stage.mixup_alpha, stage.cutmix_alpha, stage.randaug_magnitude)
-  return jax.device_put(values, sharding)
-
-
-def evaluate(compiled_eval, state, eval_data, mesh) -> dict[str, float]:
-  """Runs the eval executable over the whole (padded, masked) eval split; every example counted once."""
-  merged = None
-  for host_batch in eval_data.dataset.as_numpy_iterator():
-    m = compiled_eval(state, parallel.global_batch(host_batch, mesh))
-    merged = m if merged is None else merged.merge(m)
-  out = {k: float(v) for k, v in merged.compute().items()}
-  out['num_examples'] = float(merged.top1.count)
-  return out
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
@@ -71,171 +35,330 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     return _train_and_evaluate(config, workdir)
 
 
+@dataclasses.dataclass
+class _Run:
+  """Everything built once before the first step: the fixed context of every stage and step."""
+  config: Any
+  workdir: str
+  mesh: Any
+  builder: Any
+  stages: list
+  total_steps: int
+  steps_per_epoch: float
+  host_epoch_examples: int
+  module: Any
+  tx: Any
+  step_cfg: steps.StepConfig
+  abstract: Any
+  compiler: compile_lib.StepCompiler
+  checkpointer: ckpt_lib.Checkpointer
+  eval_data: Any
+  minival_data: Any
+  eval_every: int
+  input_pool: Any = dataclasses.field(
+      default_factory=lambda: concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='next-stage-input'))
+
+
+@dataclasses.dataclass
+class _Loop:
+  """What changes while training: the step, evals, early stopping, the per-stage log and the time accounting."""
+  step: int
+  best: dict
+  stage_log: list
+  writer: Any = None
+  progress: Any = None
+  flag: Any = None
+  last_eval: dict = dataclasses.field(default_factory=dict)
+  train_scalars: dict = dataclasses.field(default_factory=dict)
+  stop_reason: Optional[str] = None
+  last_step_time: Optional[float] = None
+  train_step_s: float = 0.0   # wall time of training steps, without compiles, stage switches and evals
+  eval_s: float = 0.0
+  next_input: Optional[tuple] = None  # (stage index, future of its input iterator with the first batch fetched)
+
+
 def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
   t_start = time.perf_counter()
+  run = _setup(config, workdir)
+  state, loop = _restore_or_create(run)
+  try:
+    for stage in run.stages:
+      if loop.step < stage.end_step and not loop.stop_reason:
+        state = _train_stage(run, loop, stage, state)
+    if loop.stop_reason != 'preempted':
+      loop.last_eval = _timed_evals(run, loop, state)
+    _save(run, loop, state, force=True)
+    run.checkpointer.wait()
+  finally:
+    loop.flag.restore_handlers()
+    run.checkpointer.close()
+    run.compiler.close()
+    run.input_pool.shutdown(wait=True, cancel_futures=True)
+    loop.writer.flush()
+  return _finish(run, loop, state, time.perf_counter() - t_start)
+
+
+def _setup(config, workdir: str) -> _Run:
+  """Mesh, dataset sizes, stage schedule, model, optimizer, steps and their compiler, checkpointer, eval data."""
   mesh = parallel.make_mesh()
-  rep = parallel.replicated(mesh)
   batch = config.train.batch_size
   parallel.check_batch_size(batch, mesh)
   parallel.check_batch_size(config.train.eval_batch_size, mesh, 'train.eval_batch_size')
+  if config.optim.lr is not None:
+    raise ValueError('optim.lr is derived (lr_base × batch/256); set optim.lr_base instead')
 
   from effnet.data import pipeline  # host-side TF; imported here so the rest of the package runs without TF
-  if jax.process_count() > 1:  # prepare (e.g. the built-in set) once, not in every process at the same time
-    if jax.process_index() == 0:
-      pipeline.get_builder(config.data)
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices('effnet:dataset_prepared')
-  builder = pipeline.get_builder(config.data)  # fails on unknown datasets / missing data before any compile
+  builder = _prepared_builder(pipeline, config.data)  # fails on unknown datasets / missing data before any compile
   n_train = pipeline.num_train_examples(config.data, config.train.num_train_examples, builder)
   steps_per_epoch = n_train / batch
-  total_steps = int(config.train.total_steps or round(config.train.num_epochs * steps_per_epoch))
-  if total_steps <= 0:
-    raise ValueError(f'train.total_steps={total_steps}; allowed: > 0')
+  total_steps = total_train_steps(config.train, n_train)
   stages = _stages(config, total_steps)
   for st in stages:
     parallel.check_batch_size(st.batch_size, mesh, f'progressive stage {st.index} batch size')
-  host_epoch_examples = pipeline.host_split_num_examples(builder, config.data.train_split, jax.process_index(),
-                                                         jax.process_count())
 
   module = models.build_model(config.model)
   lr_scale = progressive.lr_scale_schedule(stages, batch) if config.progressive.scale_batch else 1.0
   tx, schedule = optim.build_optimizer(config.optim, batch, steps_per_epoch, total_steps, lr_scale=lr_scale)
-  if config.optim.lr is not None:
-    raise ValueError('optim.lr is derived (lr_base × batch/256); set optim.lr_base instead')
   use_mixing = any(st.mixup_alpha > 0 or st.cutmix_alpha > 0 for st in stages)
   step_cfg = steps.StepConfig.from_config(config, models.DTYPES[config.model.dtype], use_mixing)
   train_step = steps.make_train_step(module, tx, schedule, step_cfg)
   eval_step = steps.make_eval_step(module, step_cfg, ema=config.train.eval_ema)
+  abstract = state_lib.abstract_state(module, tx, config.data.image_size, parallel.replicated(mesh))
+  return _Run(
+      config=config, workdir=workdir, mesh=mesh, builder=builder, stages=stages, total_steps=total_steps,
+      steps_per_epoch=steps_per_epoch,
+      host_epoch_examples=pipeline.host_split_num_examples(builder, config.data.train_split, jax.process_index(),
+                                                           jax.process_count()),
+      module=module, tx=tx, step_cfg=step_cfg, abstract=abstract,
+      compiler=compile_lib.StepCompiler(train_step, eval_step, abstract, mesh, steps.hyper_defaults()),
+      checkpointer=ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.train.keep_checkpoints,
+                                         every_steps=config.train.checkpoint_every_steps,
+                                         use_async=config.train.async_checkpointing),
+      eval_data=pipeline.create_eval_dataset(config.data, global_batch_size=config.train.eval_batch_size,
+                                             builder=builder),
+      minival_data=_minival_data(pipeline, config, builder),
+      eval_every=config.train.eval_every_steps or max(1, int(round(steps_per_epoch))))
 
-  abstract = state_lib.abstract_state(module, tx, config.data.image_size, rep)
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.train.keep_checkpoints,
-                                       every_steps=config.train.checkpoint_every_steps,
-                                       use_async=config.train.async_checkpointing)
-  if checkpointer.latest_step() is not None:
-    state, meta = checkpointer.restore(abstract)
-    logging.info('restored step %d from %s', int(state.step), checkpointer.directory)
+
+def total_train_steps(train_cfg, num_train_examples: int) -> int:
+  """`train.total_steps`, else floor(epochs × examples / batch) as google/automl's main.py computes it."""
+  if train_cfg.total_steps is not None:
+    total = int(train_cfg.total_steps)
   else:
-    state = state_lib.create_train_state(module, tx, config.data.image_size, config.train.seed, rep)
+    total = int(train_cfg.num_epochs * num_train_examples // train_cfg.batch_size)
+  if total <= 0:
+    raise ValueError(f'train.total_steps={total} (from train.num_epochs={train_cfg.num_epochs}, '
+                     f'{num_train_examples} examples, train.batch_size={train_cfg.batch_size}); allowed: > 0')
+  return total
+
+
+def _prepared_builder(pipeline, data_cfg):
+  """The tfds builder, its data prepared once by process 0 (e.g. the built-in set), not by every process."""
+  if jax.process_count() > 1:
+    if jax.process_index() == 0:
+      pipeline.get_builder(data_cfg)
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices('effnet:dataset_prepared')
+  return pipeline.get_builder(data_cfg)
+
+
+def _minival_data(pipeline, config, builder):
+  if config.train.early_stopping_patience <= 0:
+    return None
+  if not config.data.minival_split:
+    raise ValueError('train.early_stopping_patience > 0 needs data.minival_split (e.g. "train[:25022]")')
+  minival_cfg = config.data.copy_and_resolve_references()
+  with minival_cfg.unlocked():
+    minival_cfg.eval_split = config.data.minival_split
+  return pipeline.create_eval_dataset(minival_cfg, global_batch_size=config.train.eval_batch_size, builder=builder)
+
+
+def _restore_or_create(run: _Run):
+  """The latest checkpoint's state and bookkeeping, or a fresh state; then every compile the run will need."""
+  config = run.config
+  if run.checkpointer.latest_step() is not None:
+    state, meta = run.checkpointer.restore(run.abstract)
+    logging.info('restored step %d from %s', int(state.step), run.checkpointer.directory)
+  else:
+    state = state_lib.create_train_state(run.module, run.tx, config.data.image_size, config.train.seed,
+                                         parallel.replicated(run.mesh))
     meta = {}
-  step = int(state.step)
-  writer = metrics_lib.create_writer(workdir)
-  if step == 0:
+  loop = _Loop(step=int(state.step), best=dict(meta.get('best', {'minival_top1': -1.0, 'evals_since_best': 0})),
+               stage_log=list(meta.get('stage_log', [])))
+  loop.writer = metrics_lib.create_writer(run.workdir)
+  if loop.step == 0:
     metrics_lib.log_parameter_overview(state.params)
-    writer.write_hparams({k: v for k, v in _flat(config.to_dict()).items()
-                          if isinstance(v, (int, float, str, bool))})
-    metrics_lib.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+    loop.writer.write_hparams({k: v for k, v in _flat(config.to_dict()).items()
+                               if isinstance(v, (int, float, str, bool))})
+    metrics_lib.write_json(os.path.join(run.workdir, 'config.json'), config.to_dict())
+  _request_compiles(run, loop.step)
+  loop.progress = metrics_lib.report_progress(run.total_steps, loop.writer)
+  loop.flag = ckpt_lib.PreemptionFlag()
+  return state, loop
 
-  compiler = compile_lib.StepCompiler(train_step, eval_step, abstract, mesh, steps.hyper_defaults())
-  eval_data = pipeline.create_eval_dataset(config.data, global_batch_size=config.train.eval_batch_size,
-                                           builder=builder)
-  minival_data = None
-  if config.train.early_stopping_patience > 0:
-    if not config.data.minival_split:
-      raise ValueError('train.early_stopping_patience > 0 needs data.minival_split (e.g. "train[:25022]")')
-    minival_cfg = config.data.copy_and_resolve_references()
-    with minival_cfg.unlocked():
-      minival_cfg.eval_split = config.data.minival_split
-    minival_data = pipeline.create_eval_dataset(minival_cfg, global_batch_size=config.train.eval_batch_size,
-                                                builder=builder)
-  eval_size = config.data.eval_image_size
-  compiler.prefetch('eval', eval_size, config.train.eval_batch_size)
 
-  flag = ckpt_lib.PreemptionFlag()
-  progress = metrics_lib.report_progress(total_steps, writer)
-  eval_every = config.train.eval_every_steps or max(1, int(round(steps_per_epoch)))
-  log_every = config.train.log_every_steps
-  best = dict(meta.get('best', {'minival_top1': -1.0, 'evals_since_best': 0}))
-  stage_log = list(meta.get('stage_log', []))
-  last_eval: dict[str, float] = {}
-  train_scalars: dict[str, float] = {}
-  stop_reason = None
-  last_step_time = None
-  try:
-    for stage in stages:
-      if step >= stage.end_step:
-        continue
-      t_switch = time.perf_counter()
-      aot_requested = compiler.is_requested('train', stage.image_size, stage.batch_size)
-      aot_ready = compiler.is_ready('train', stage.image_size, stage.batch_size)
-      exe = compiler.get('train', stage.image_size, stage.batch_size)
-      nxt = next((s for s in stages if s.index == stage.index + 1), None)
-      if nxt is not None and config.train.aot_next_stage:
-        compiler.prefetch('train', nxt.image_size, nxt.batch_size)
-      hyper = _hyper(stage, config.model.dropout_rate, rep)
-      consumed = _examples_before(stages, step) // jax.process_count()
-      train_ds = pipeline.create_train_dataset(
-          config.data, global_batch_size=stage.batch_size, image_size=stage.image_size, seed=config.train.seed,
-          start_epoch=consumed // host_epoch_examples, skip_examples=consumed % host_epoch_examples,
-          randaug_magnitude=stage.randaug_magnitude, builder=builder,
-          augment='none' if step_cfg.randaug_layers else None)  # RandAugment then runs in the train step
-      it = train_ds.as_numpy_iterator()
+def _request_compiles(run: _Run, step: int) -> None:
+  """Asks for every executable the rest of the run needs after the current stage's, in the order it needs them,
+  compiling one after another in the background. The current stage's step compiles meanwhile in the main thread
+  (its first step waits for it anyway), so the next stage's is ready as early as two compiles in parallel allow."""
+  upcoming = [st for st in run.stages if st.end_step > step]
+  if not upcoming:
+    return
+  eval_key = ('eval', run.config.data.eval_image_size, run.config.train.eval_batch_size)
+  first_eval = min(run.total_steps, (step // run.eval_every + 1) * run.eval_every)
+  wanted = [(max(st.start_step, step), ('train', st.image_size, st.batch_size)) for st in upcoming]
+  wanted.append((first_eval, eval_key))
+  wanted.sort(key=lambda item: item[0])
+  keys = list(dict.fromkeys(key for _, key in wanted))  # stages of the same shape share one executable
+  for key in keys[1:] if run.config.train.compile_ahead else []:
+    run.compiler.prefetch(*key)
+def _train_stage(run: _Run, loop: _Loop, stage, state):
+  """One progressive stage (the whole run without progressive learning): its executable, its per-stage values
+  and its input pipeline at its image size, then steps until the stage ends or the run must stop."""
+  times = {'start': time.perf_counter()}
+  key = ('train', stage.image_size, stage.batch_size)
+  aot_ready = run.compiler.is_ready(*key)
+  exe = run.compiler.get(*key)
+  times['executable'] = time.perf_counter()
+  hyper = _hyper(stage, run.config, parallel.replicated(run.mesh))
+  batches = _prefetched_input(loop, stage) or _train_batches(run, stage, loop.step)
+  train_metrics, throughput = None, metrics_lib.Throughput(loop.step)
+  t_steps, eval_s_before = None, loop.eval_s
+  while loop.step < stage.end_step:
+    host_batch = next(batches)
+    times.setdefault('first_batch', time.perf_counter())
+    state, m = exe(state, parallel.global_batch(host_batch, run.mesh), hyper)
+    train_metrics = m if train_metrics is None else train_metrics.merge(m)
+    loop.step += 1
+    if t_steps is None:  # the first step of a stage carries the switch: pipeline start and any compile wait
+      jax.block_until_ready(state.step)
+      t_steps = times['first_step'] = time.perf_counter()
+      _log_stage_start(run, loop, stage, times, aot_ready)
+      _prefetch_next_input(run, loop, stage)
+    loop.progress(loop.step)
+    if loop.step % run.config.train.log_every_steps == 0 or loop.step == stage.end_step:
+      _log_train(run, loop, stage, train_metrics.compute(), throughput)
       train_metrics = None
-      throughput = metrics_lib.Throughput(step)
-      first_step_of_stage = True
-      while step < stage.end_step:
-        host_batch = next(it)
-        state, m = exe(state, parallel.global_batch(host_batch, mesh), hyper)
-        train_metrics = m if train_metrics is None else train_metrics.merge(m)
-        step += 1
-        if first_step_of_stage:
-          jax.block_until_ready(state.step)
-          now = time.perf_counter()
-          entry = {'stage': stage.index, 'image_size': stage.image_size, 'batch_size': stage.batch_size,
-                   'randaug_magnitude': stage.randaug_magnitude, 'mixup_alpha': stage.mixup_alpha,
-                   'cutmix_alpha': stage.cutmix_alpha,
-                   'dropout_rate': config.model.dropout_rate if stage.dropout_rate is None else stage.dropout_rate,
-                   'compile_s': compiler.compile_seconds.get(('train', stage.image_size, stage.batch_size), 0.0),
-                   'aot_requested': aot_requested, 'aot_ready': aot_ready,
-                   'switch_stall_s': (now - last_step_time) if last_step_time is not None else now - t_switch}
-          stage_log.append(entry)
-          logging.info('stage %d: %s', stage.index, entry)
-          writer.write_scalars(step, {f'stage/{k}': float(v) for k, v in entry.items()})
-          first_step_of_stage = False
-        progress(step)
-        if step % log_every == 0 or step == stage.end_step:
-          computed = train_metrics.compute()
-          bad = int(computed.pop('first_nonfinite_step'))
-          if bad != steps.NO_STEP and config.train.nan_policy == 'stop':
-            raise FloatingPointError(
-                f'non-finite loss or update at step {bad + 1} (train.nan_policy=stop): the update from step {bad} '
-                f'to {bad + 1} was dropped, so the state and every checkpoint hold finite values; '
-                f'train.nan_policy=skip carries on instead')
-          train_scalars = metrics_lib.to_scalars(computed, 'train/')
-          train_scalars.update({'train/images_per_sec': throughput.update(step, stage.batch_size),
-                                'train/image_size': float(stage.image_size), 'train/stage': float(stage.index)})
-          writer.write_scalars(step, train_scalars)
-          train_metrics = None
-        if step % eval_every == 0 and step < total_steps:
-          last_eval = _run_evals(compiler, state, eval_data, minival_data, mesh, config, writer, step)
-          if minival_data is not None and _early_stop(best, last_eval, config.train.early_stopping_patience):
-            stop_reason = 'early_stopping'
-        checkpointer.save(step, state, meta={'best': best, 'stage_log': stage_log})
-        if stop_reason or ckpt_lib.should_stop(flag, checkpointer, step, sync=step % log_every == 0):
-          stop_reason = stop_reason or 'preempted'
-          break
-        last_step_time = time.perf_counter()
-      if stop_reason:
-        break
-      last_step_time = time.perf_counter()
-    if stop_reason != 'preempted':
-      last_eval = _run_evals(compiler, state, eval_data, minival_data, mesh, config, writer, step)
-    checkpointer.save(step, state, meta={'best': best, 'stage_log': stage_log}, force=True)
-    checkpointer.wait()
-  finally:
-    flag.restore_handlers()
-    checkpointer.close()
-    compiler.close()
-    writer.flush()
+    if loop.step % run.eval_every == 0 and loop.step < run.total_steps:
+      loop.last_eval = _timed_evals(run, loop, state)
+      if run.minival_data is not None and _early_stop(loop.best, loop.last_eval,
+                                                      run.config.train.early_stopping_patience):
+        loop.stop_reason = 'early_stopping'
+    _save(run, loop, state)
+    sync = loop.step % run.config.train.log_every_steps == 0
+    if loop.stop_reason or ckpt_lib.should_stop(loop.flag, run.checkpointer, loop.step, sync=sync):
+      loop.stop_reason = loop.stop_reason or 'preempted'
+      break
+  finished_input = [batches]
+  del batches  # the list now holds the only reference: the input thread drops it (see _retire_input)
+  _retire_input(run, finished_input)
+  jax.block_until_ready(state.step)
+  loop.last_step_time = time.perf_counter()
+  if t_steps is not None:
+    loop.train_step_s += loop.last_step_time - t_steps - (loop.eval_s - eval_s_before)
+  return state
 
-  final = {'steps': float(step), 'total_steps': float(total_steps), 'wall_s': time.perf_counter() - t_start,
+
+def _train_batches(run: _Run, stage, step: int):
+  """The host input pipeline of `stage`, resumed at `step` (same per-host, per-epoch order as a run from 0)."""
+  from effnet.data import pipeline  # pylint: disable=g-import-not-at-top
+  consumed = _examples_before(run.stages, step) // jax.process_count()
+  ds = pipeline.create_train_dataset(
+      run.config.data, global_batch_size=stage.batch_size, image_size=stage.image_size, seed=run.config.train.seed,
+      start_epoch=consumed // run.host_epoch_examples, skip_examples=consumed % run.host_epoch_examples,
+      randaug_magnitude=stage.randaug_magnitude, builder=run.builder,
+      augment='none' if run.step_cfg.randaug_layers else None)  # RandAugment then runs in the train step
+  return ds.as_numpy_iterator()
+
+
+def _prefetch_next_input(run: _Run, loop: _Loop, stage) -> None:
+  """Starts the next stage's input pipeline in the background and fetches its first batch (filling the shuffle
+  buffer takes seconds), so that a stage switch waits for neither the compiler nor the input."""
+  nxt = next((s for s in run.stages if s.index == stage.index + 1), None)
+  if nxt is None or not run.config.train.compile_ahead:
+    return
+
+  def start():
+    batches = _train_batches(run, nxt, nxt.start_step)
+    return itertools.chain([next(batches)], batches)
+
+  loop.next_input = (nxt.index, run.input_pool.submit(start))
+
+
+def _retire_input(run: _Run, finished_input: list) -> None:
+  """Drops a finished stage's input iterator (the list's only item) on the input thread: tearing a tf.data
+  iterator down waits for its in-flight work, which blocked the main thread for 15–38 s at stage switches on the
+  2-core CPU."""
+  run.input_pool.submit(finished_input.clear)
+
+
+def _prefetched_input(loop: _Loop, stage):
+  """The input iterator `_prefetch_next_input` started for `stage`, or None."""
+  if loop.next_input is None or loop.next_input[0] != stage.index:
+    return None
+  return loop.next_input[1].result()
+
+
+def _log_stage_start(run: _Run, loop: _Loop, stage, times: dict, aot_ready: bool) -> None:
+  """stages.json / TensorBoard entry of a stage: its values, compile seconds and the switch stall (wall time from
+  the previous stage's last step, or from the stage start for the first stage of a process, to its first step),
+  split into the wait for the executable, the input pipeline's first batch and the first step itself."""
+  key = ('train', stage.image_size, stage.batch_size)
+  since = loop.last_step_time if loop.last_step_time is not None else times['start']
+  entry = {'stage': stage.index, 'step': loop.step - 1, 'image_size': stage.image_size,
+           'batch_size': stage.batch_size, 'randaug_magnitude': stage.randaug_magnitude,
+           'mixup_alpha': stage.mixup_alpha, 'cutmix_alpha': stage.cutmix_alpha,
+           'dropout_rate': run.config.model.dropout_rate if stage.dropout_rate is None else stage.dropout_rate,
+           'compile_s': run.compiler.compile_seconds.get(key, 0.0), 'aot_ready': aot_ready,
+           'switch_stall_s': times['first_step'] - since,
+           'previous_stage_exit_s': times['start'] - since,
+           'executable_wait_s': times['executable'] - times['start'],
+           'first_batch_s': times['first_batch'] - times['executable'],
+           'first_step_s': times['first_step'] - times['first_batch']}
+  loop.stage_log.append(entry)
+  logging.info('stage %d: %s', stage.index, entry)
+  loop.writer.write_scalars(loop.step, {f'stage/{k}': float(v) for k, v in entry.items()})
+
+
+def _log_train(run: _Run, loop: _Loop, stage, computed: dict, throughput) -> None:
+  bad = int(computed.pop('first_nonfinite_step'))
+  if bad != steps.NO_STEP and run.config.train.nan_policy == 'stop':
+    raise FloatingPointError(
+        f'non-finite loss or update at step {bad + 1} (train.nan_policy=stop): the update from step {bad} '
+        f'to {bad + 1} was dropped, so the state and every checkpoint hold finite values; '
+        f'train.nan_policy=skip carries on instead')
+  loop.train_scalars = metrics_lib.to_scalars(computed, 'train/')
+  loop.train_scalars.update({'train/images_per_sec': throughput.update(loop.step, stage.batch_size),
+                             'train/image_size': float(stage.image_size), 'train/stage': float(stage.index)})
+  loop.writer.write_scalars(loop.step, loop.train_scalars)
+
+
+def _save(run: _Run, loop: _Loop, state, force: bool = False) -> None:
+  run.checkpointer.save(loop.step, state, meta={'best': loop.best, 'stage_log': loop.stage_log}, force=force)
+
+
+def _timed_evals(run: _Run, loop: _Loop, state) -> dict[str, float]:
+  t0 = time.perf_counter()
+  out = _run_evals(run.compiler, state, run.eval_data, run.minival_data, run.mesh, run.config, loop.writer,
+                   loop.step)
+  loop.eval_s += time.perf_counter() - t0
+  return out
+
+
+def _finish(run: _Run, loop: _Loop, state, wall_s: float) -> dict[str, float]:
+  """final_metrics.json (not for a preempted run, which has not finished) and stages.json; returns the finals."""
+  final = {'steps': float(loop.step), 'total_steps': float(run.total_steps), 'wall_s': wall_s,
+           'train_step_s': loop.train_step_s, 'eval_s': loop.eval_s,
+           'compile_s': float(sum(run.compiler.compile_seconds.values())),
+           'switch_stall_s': float(sum(e['switch_stall_s'] for e in loop.stage_log[1:])),
            'params': float(sum(x.size for x in jax.tree_util.tree_leaves(state.params)))}
-  final.update({k.replace('/', '_'): v for k, v in train_scalars.items()})
-  final.update({k.replace('/', '_'): v for k, v in last_eval.items()})
-  final['stopped'] = stop_reason or 'completed'
+  final.update({k.replace('/', '_'): v for k, v in loop.train_scalars.items()})
+  final.update({k.replace('/', '_'): v for k, v in loop.last_eval.items()})
+  final['stopped'] = loop.stop_reason or 'completed'
   final.update({f'compile_cache_{k}': float(v) for k, v in compile_lib.cache_stats().items()})
-  if stop_reason != 'preempted':
-    metrics_lib.write_json(os.path.join(workdir, 'final_metrics.json'), final)
-  metrics_lib.write_json(os.path.join(workdir, 'stages.json'), {'stages': stage_log})
+  if loop.stop_reason != 'preempted':
+    metrics_lib.write_json(os.path.join(run.workdir, 'final_metrics.json'), final)
+  metrics_lib.write_json(os.path.join(run.workdir, 'stages.json'), {'stages': loop.stage_log})
   return final
 
 
@@ -263,4 +386,47 @@ def _flat(d, prefix=''):
       out.update(_flat(v, f'{prefix}{k}.'))
     else:
       out[f'{prefix}{k}'] = v
+  return out
+
+
+def _stages(config, total_steps: int) -> list[progressive.Stage]:
+  if config.progressive.enabled:
+    return progressive.build_stages(config.progressive, total_steps, config.data.image_size,
+                                    config.train.batch_size)
+  return [progressive.Stage(index=0, start_step=0, end_step=total_steps, image_size=config.data.image_size,
+                            randaug_magnitude=float(config.data.randaug_magnitude),
+                            mixup_alpha=float(config.data.mixup_alpha), cutmix_alpha=float(config.data.cutmix_alpha),
+                            dropout_rate=None, batch_size=config.train.batch_size)]
+
+
+def _examples_before(stages, step: int) -> int:
+  """Global train examples consumed before `step` (stages may have different batch sizes)."""
+  n = 0
+  for st in stages:
+    if step <= st.start_step:
+      break
+    n += (min(step, st.end_step) - st.start_step) * st.batch_size
+  return n
+
+
+def _hyper(stage, config, sharding):
+  """The traced per-stage inputs of the train step (no recompile when they change between stages)."""
+  rate = config.model.dropout_rate if stage.dropout_rate is None else stage.dropout_rate
+  ema_start = stage.start_step if config.optim.ema_per_stage else 0
+  values = steps.hyper_defaults(rate, stage.mixup_alpha, stage.cutmix_alpha, stage.randaug_magnitude, ema_start)
+  return jax.device_put(values, sharding)
+
+
+def evaluate(compiled_eval, state, eval_data, mesh) -> dict[str, float]:
+  """Runs the eval executable over the whole (padded, masked) eval split; every example counted once.
+
+  Keys: loss, top1, top5, num_examples for the eval weights (EMA by default) and raw_loss, raw_top1, raw_top5 for
+  the raw weights when those are evaluated too.
+  """
+  merged = None
+  for host_batch in eval_data.dataset.as_numpy_iterator():
+    m = compiled_eval(state, parallel.global_batch(host_batch, mesh))
+    merged = m if merged is None else {k: merged[k].merge(v) for k, v in m.items()}
+  out = {f'{prefix}{k}': float(v) for prefix, coll in merged.items() for k, v in coll.compute().items()}
+  out['num_examples'] = float(merged[''].top1.count)
   return out

@@ -71,6 +71,27 @@ def plot(csv_path: str, x: str, y: str, out: str, label: str | None = "run", gro
   return out
 
 
+def plot_summary(rows, out: str, x: str = "train_step_s", y: str = "eval_top1") -> str:
+  """A sweep summary (launch.sweep.summarize) as mean ± std error bars of `y` (top-1 in %) against `x`, one
+  labelled point per setting: the V2 paper's accuracy-vs-training-time comparison."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+  scale = 100.0 if "top1" in y else 1.0
+  for r in rows:
+    ax.errorbar(r[f"{x}_mean"], r[f"{y}_mean"] * scale, xerr=r[f"{x}_std"], yerr=r[f"{y}_std"] * scale, fmt="o",
+                capsize=4, label=f"{r['setting']} (n={r['runs']})")
+  ax.set_xlabel(f"{x} (mean ± std over seeds)")
+  ax.set_ylabel(f"{y}{' (%)' if scale != 1.0 else ''} (mean ± std over seeds)")
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(out, format="png")
+  plt.close(fig)
+  return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   ap = argparse.ArgumentParser(prog="python -m launch.plot", description=__doc__.split("\n\n")[0])
   ap.add_argument("csv", help="results.csv written by launch.sweep")

@@ -18,6 +18,7 @@ import inspect
 import json
 import math
 import re
+import statistics
 import subprocess
 import sys
 from typing import Any, Sequence
@@ -128,6 +129,62 @@ def collect(workdir_root: str, runs: Sequence[dict], names: Sequence[str],
   csv.writer(buf, lineterminator="\n").writerows(rows)
   (root / "results.csv").write_text(buf.getvalue())
   return records
+
+
+SEED_KEY = "train.seed"
+SUMMARY_METRICS = ("eval_top1", "eval_raw_top1", "train_step_s", "compile_s", "switch_stall_s", "wall_s")
+
+
+def summarize(records: Sequence[dict], metrics: Sequence[str] = SUMMARY_METRICS) -> list[dict]:
+  """Groups runs that differ only in `train.seed` and gives each metric's mean and sample std over the seeds.
+
+  Why: a single run's top-1 moves by tenths of a point with the seed (and with the CPU it ran on), so a
+  comparison between settings is only worth reporting as mean ± std over seeds, as the papers' tables do.
+  Unfinished runs are left out of the statistics and counted in `missing`.
+  """
+  groups: dict[str, dict] = {}
+  for rec in records:
+    setting = {k: v for k, v in rec["overrides"].items() if k != SEED_KEY}
+    g = groups.setdefault(run_name(setting), {"setting": run_name(setting), "runs": 0, "missing": 0, "values": {}})
+    if rec["status"] != "done":
+      g["missing"] += 1
+      continue
+    g["runs"] += 1
+    for m in metrics:
+      if isinstance(rec["metrics"].get(m), (int, float)):
+        g["values"].setdefault(m, []).append(float(rec["metrics"][m]))
+  rows = []
+  for g in groups.values():
+    row = {"setting": g["setting"], "runs": g["runs"], "missing": g["missing"]}
+    for m, vals in g.pop("values").items():
+      row[f"{m}_mean"] = statistics.fmean(vals)
+      row[f"{m}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    rows.append(row)
+  return rows
+
+
+def write_summary(workdir_root: str, rows: Sequence[dict]) -> str:
+  """summary.csv (one row per setting) and summary.md (mean ± std, top-1 in percent); returns the markdown."""
+  root = as_path(workdir_root)
+  keys = list(dict.fromkeys(k for r in rows for k in r))
+  import io
+  buf = io.StringIO()
+  csv.writer(buf, lineterminator="\n").writerows([keys] + [[format_cell(r.get(k, "")) for k in keys] for r in rows])
+  (root / "summary.csv").write_text(buf.getvalue())
+  metrics = [m for m in SUMMARY_METRICS if any(f"{m}_mean" in r for r in rows)]
+  lines = ["| setting | runs | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
+  for r in rows:
+    cells = []
+    for m in metrics:
+      if f"{m}_mean" not in r:
+        cells.append("")
+        continue
+      scale, digits = (100.0, 2) if "top1" in m else (1.0, 1)
+      cells.append(f"{r[f'{m}_mean'] * scale:.{digits}f} ± {r[f'{m}_std'] * scale:.{digits}f}")
+    lines.append(f"| {r['setting']} | {r['runs']} | " + " | ".join(cells) + " |")
+  text = "\n".join(lines) + "\n"
+  (root / "summary.md").write_text(text)
+  return text
 
 
 def format_cell(v) -> str:
@@ -259,6 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   if a.collect_only:
     records = collect(root, runs, names)
     print(f"# {sum(r['status'] == 'done' for r in records)}/{len(records)} finished; wrote {root}/results.csv")
+    _report(root, records)
     return 0
   runner = Runner(dry_run=a.dry_run)
   backend = Backend(a.backend, a.module, a.tpu_name, a.zone, a.project, a.accelerator_type, a.spot, a.queued,
@@ -275,7 +333,20 @@ def main(argv: Sequence[str] | None = None) -> int:
   records = collect(root, runs, names, status)
   done = sum(r["status"] == "done" for r in records)
   print(f"# {done}/{len(records)} finished; wrote {root}/results.csv and {root}/results.json", flush=True)
+  _report(root, records)
   return 1 if failed else 0
+
+
+def _report(root: str, records: Sequence[dict]) -> None:
+  """With more than one seed per setting: the mean ± std table (printed, summary.md/csv) and its plot."""
+  if len({r["overrides"].get(SEED_KEY) for r in records}) < 2:
+    return
+  rows = summarize(records)
+  print(write_summary(root, rows), flush=True)
+  if all(r["runs"] for r in rows):
+    from launch import plot  # pylint: disable=g-import-not-at-top
+    out = plot.plot_summary(rows, str(as_path(root) / "summary.png"))
+    print(f"# wrote {root}/summary.md, summary.csv and {out}", flush=True)
 
 
 if __name__ == "__main__":

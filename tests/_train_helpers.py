@@ -53,7 +53,7 @@ def tiny_config(overrides: dict | None = None):
   c.train.keep_checkpoints = 100
   c.train.async_checkpointing = False
   c.train.eval_every_steps = 10_000
-  c.train.aot_next_stage = False
+  c.train.compile_ahead = False
   c.optim.warmup_epochs = 0.1  # reach a real learning rate within a few steps so the steps do change the params
   for key, value in (overrides or {}).items():
     set_field(c, key, value)

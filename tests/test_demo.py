@@ -1,4 +1,9 @@
-"""The `make demo` target: the demo config reaches ≥ 95% test top-1 on the built-in digits set (runs in CI)."""
+"""The `make demo` target: the demo config reaches ≥ 96% test top-1 on the built-in digits set (runs in CI).
+
+README "Demo" gives the measured figures: 98%+ with seeds 0, 1 and 2 on the development machine. The bar sits
+2 points lower because another CPU computes slightly different floats and one run is one draw of the seed's
+spread; the EMA weights must not be worse than the raw ones by more than one such spread.
+"""
 import pytest
 
 from effnet import train
@@ -7,8 +12,10 @@ from effnet.tools.summary import load_config
 
 @pytest.mark.demo
 @pytest.mark.slow
-def test_demo_reaches_95_percent(tmp_path):
+def test_demo_reaches_96_percent(tmp_path):
   final = train.train_and_evaluate(load_config('configs/demo.py'), str(tmp_path))
-  print({k: final[k] for k in ('eval_top1', 'eval_num_examples', 'wall_s', 'steps')})
+  print({k: final[k] for k in ('eval_top1', 'eval_raw_top1', 'eval_num_examples', 'wall_s', 'steps')})
   assert final['eval_num_examples'] == 359  # every test example counted exactly once
-  assert final['eval_top1'] >= 0.95
+  assert final['steps'] == 30 * 1438 // 64  # floor(epochs × examples / batch), as the official main.py
+  assert final['eval_top1'] >= 0.96
+  assert final['eval_top1'] >= final['eval_raw_top1'] - 0.01

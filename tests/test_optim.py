@@ -20,10 +20,10 @@ DECAY_STEPS = 2.4 * SPE  # 736.021875
 # ----------------------------------------------------------------------------------------------------------------------
 # RMSProp
 # ----------------------------------------------------------------------------------------------------------------------
-def _tf_rmsprop_reference(w0, grads, lrs, rho=0.9, mu=0.9, eps=1e-3):
-  """TF1 ApplyRMSProp, written from the TF kernel doc: ms starts at 1, lr inside the momentum."""
+def _tf_rmsprop_reference(w0, grads, lrs, rho=0.9, mu=0.9, eps=1e-3, ms0=1.0):
+  """TF1 ApplyRMSProp, written from the TF kernel doc: ms starts at 1 (ms0), lr inside the momentum."""
   w = np.array(w0, np.float64)
-  ms = np.ones_like(w)
+  ms = np.full_like(w, ms0)
   mom = np.zeros_like(w)
   out = []
   for g, lr in zip(grads, lrs):
@@ -57,6 +57,26 @@ def test_rmsprop_tf_matches_tf_update_rule_with_changing_lr():
   for t in range(20):
     params, state = step(params, state, jnp.asarray(grads[t], jnp.float32))
     np.testing.assert_allclose(np.asarray(params), want[t], rtol=1e-5, atol=1e-6, err_msg=f'step {t}')
+
+
+def test_rmsprop_initial_scale_zero_follows_the_same_rule_from_ms_0():
+  """optim.rmsprop_initial_scale=0: the same TF update with the mean-square slot starting at 0; and it matters:
+  the first update is then lr·g/sqrt(0.1·g²+eps) ≈ 3·lr·sign(g) instead of ≈ lr·g."""
+  rng = np.random.default_rng(1)
+  w0 = rng.normal(size=(5,))
+  grads = [rng.normal(size=(5,)) * 0.01 for _ in range(8)]
+  want = _tf_rmsprop_reference(w0, grads, [0.1] * 8, ms0=0.0)
+  tx = optim.rmsprop_tf(0.1, initial_scale=0.0)
+  params, state = jnp.asarray(w0, jnp.float32), None
+  state = tx.init(params)
+  for t in range(8):
+    u, state = tx.update(jnp.asarray(grads[t], jnp.float32), state, params)
+    params = optax.apply_updates(params, u)
+    np.testing.assert_allclose(np.asarray(params), want[t], rtol=1e-5, atol=1e-6, err_msg=f'step {t}')
+  official = _tf_rmsprop_reference(w0, grads, [0.1] * 8)[0]
+  assert np.all(np.abs(want[0] - w0) > 10 * np.abs(official - w0))
+  with pytest.raises(ValueError, match='optim.rmsprop_initial_scale'):
+    optim.rmsprop_tf(0.1, initial_scale=-1.0)
 
 
 def test_rmsprop_tf_lr_outside_momentum_would_differ():

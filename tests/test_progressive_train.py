@@ -3,7 +3,7 @@ persistent compilation cache (issue: progressive learning)."""
 import json
 import os
 
-from effnet import train
+from effnet import progressive, train
 from effnet.tools.summary import load_config
 
 TINY_BLOCKS = ('r1_k3_s1_e1_i16_o16_c1', 'r1_k3_s2_e4_i16_o24_se0.25')
@@ -39,10 +39,9 @@ def test_four_stage_digits_run_and_compile_cache(tmp_path):
   assert [round(s['dropout_rate'], 6) for s in stages] == [0.0, 0.1, 0.2, 0.3]
   assert [round(s['mixup_alpha'], 6) for s in stages] == [0.0, 0.1, 0.2, 0.3]
   assert [round(s['randaug_magnitude'], 6) for s in stages] == [4.0, 6.0, 8.0, 10.0]
-  # The next stage's executable was requested (compiling in the background) before every switch to a new shape;
-  # stage 2 reuses stage 1's executable.
-  assert [s['aot_requested'] for s in stages] == [False, True, True, True]
+  # Every stage's executable was compiled (stage 2 reuses stage 1's) and each switch's stall was measured.
   assert all(s['compile_s'] > 0 for s in stages)
+  assert all(s['switch_stall_s'] >= 0 for s in stages)
   assert final['steps'] == 8 and final['eval_num_examples'] == 359
   assert final['train_image_size'] == 32
   # Every distinct shape was compiled once: 3 train sizes + 1 eval, and nothing came from the (empty) cache.
@@ -82,3 +81,36 @@ def test_resume_mid_stage_lands_in_the_same_stage(tmp_path, monkeypatch):
   assert round(resumed_stages[0]['dropout_rate'], 6) == 0.2 and round(resumed_stages[0]['mixup_alpha'], 6) == 0.2
   assert resumed_stages[1]['stage'] == 3 and resumed_stages[1]['image_size'] == 32
   assert resumed['steps'] == 8 and resumed['stopped'] == 'completed'
+
+
+class _RecordingCompiler:
+  def __init__(self):
+    self.requested = []
+
+  def prefetch(self, *key):
+    self.requested.append(key)
+
+
+def _run_for_compiles(compile_ahead, total_steps=100, eval_every=30):
+  c = _progressive_config(total_steps=total_steps)
+  c.train.compile_ahead = compile_ahead
+  stages = progressive.build_stages(c.progressive, total_steps, c.data.image_size, c.train.batch_size)
+  return train._Run(config=c, workdir='', mesh=None, builder=None, stages=stages, total_steps=total_steps,
+                    steps_per_epoch=1.0, host_epoch_examples=1, module=None, tx=None, step_cfg=None, abstract=None,
+                    compiler=_RecordingCompiler(), checkpointer=None, eval_data=None, minival_data=None,
+                    eval_every=eval_every)
+
+
+def test_every_stage_is_requested_at_the_start_in_order_of_use():
+  """Stages of 25 steps at 16/24/24/32 px, first eval at step 30: at step 0 the run asks the background compiler
+  for stage 1's step (24 px, reused by stage 2), then the eval step, then stage 3's; stage 0's own step compiles in
+  the foreground. Resumed at step 60 (stage 2), only what is left after it; compile_ahead=False asks for nothing."""
+  run = _run_for_compiles(True)
+  train._request_compiles(run, 0)
+  assert run.compiler.requested == [('train', 24, 16), ('eval', 32, 128), ('train', 32, 16)]
+  run = _run_for_compiles(True)
+  train._request_compiles(run, 60)
+  assert run.compiler.requested == [('train', 32, 16), ('eval', 32, 128)]
+  run = _run_for_compiles(False)
+  train._request_compiles(run, 0)
+  assert run.compiler.requested == []

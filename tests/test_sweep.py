@@ -191,3 +191,26 @@ def test_tpu_backend_dry_run(env, capsys):
   assert len(lines) == 3 and all("tpu-vm ssh pod" in x and "--worker=all" in x for x in lines)
   assert "--workdir=gs://b/sweeps/lr/optim.lr_base=0.064" in lines[2]
   assert "--config.optim.lr_base=0.064" in lines[2] and "--config.distributed.initialize=auto" in lines[2]
+
+
+def test_summary_groups_seeds_into_mean_and_std(tmp_path):
+  """Runs that differ only in train.seed form one row: mean and sample std (statistics.stdev) of each metric;
+  an unfinished run is counted as missing, not averaged; the markdown shows top-1 in percent."""
+  recs = [
+      {"overrides": {"train.seed": 0}, "status": "done", "metrics": {"eval_top1": 0.98, "train_step_s": 10.0}},
+      {"overrides": {"train.seed": 1}, "status": "done", "metrics": {"eval_top1": 0.96, "train_step_s": 12.0}},
+      {"overrides": {"progressive.enabled": True, "train.seed": 0}, "status": "done",
+       "metrics": {"eval_top1": 0.97, "train_step_s": 6.0}},
+      {"overrides": {"progressive.enabled": True, "train.seed": 1}, "status": "failed (exit 1)", "metrics": {}},
+  ]
+  rows = sweep_lib.summarize(recs)
+  assert [r["setting"] for r in rows] == ["base", "progressive.enabled=true"]
+  assert rows[0]["runs"] == 2 and rows[0]["missing"] == 0
+  assert abs(rows[0]["eval_top1_mean"] - 0.97) < 1e-12 and abs(rows[0]["eval_top1_std"] - 0.02 ** 0.5 / 10) < 1e-12
+  assert rows[0]["train_step_s_std"] == pytest.approx(2.0 ** 0.5)
+  assert rows[1]["runs"] == 1 and rows[1]["missing"] == 1 and rows[1]["eval_top1_std"] == 0.0
+  text = sweep_lib.write_summary(str(tmp_path), rows)
+  assert "| base | 2 | 97.00 ± 1.41 | 11.0 ± 1.4 |" in text
+  assert (tmp_path / "summary.csv").read_text().splitlines()[0].startswith("setting,runs,missing,eval_top1_mean")
+  from launch import plot
+  assert plot.plot_summary(rows, str(tmp_path / "s.png")).endswith("s.png") and (tmp_path / "s.png").stat().st_size

@@ -44,7 +44,6 @@ draws in `randaugment` and inside `fused_train_preprocess` (which gives its aug 
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
 
 import tensorflow as tf
 
@@ -322,10 +321,6 @@ def _int_arg(magnitude, scale):
 
 def enhance_factor(magnitude):
   return tf.cast(_lvl(magnitude) * 1.8 + 0.1, tf.float32)
-
-
-def _signed(magnitude, scale, seed):
-  return tf.cast(_lvl(magnitude) * scale, tf.float32) * _random_sign(seed)
 
 
 def geometric_matrix(op, magnitude, seed, height, width, translate_const):

@@ -35,7 +35,6 @@ except (RuntimeError, ValueError):  # pragma: no cover - already initialised
   pass
 
 from effnet.data import AUGMENTS, EVAL_PREPROCESS, RESIZE_METHODS, TRAIN_PREPROCESS  # noqa: E402
-BUILTIN_DATASETS = ("digits",)
 
 # Defaults for config.data fields this module reads when a field is absent.
 DATA_DEFAULTS = {
@@ -133,7 +132,7 @@ def get_builder(data_cfg, *, prepare=True):
   validate_data_config(data_cfg)
   name = _get(data_cfg, "name")
   data_dir = _get(data_cfg, "data_dir")
-  if _base_name(name) == "digits":
+  if _base_name(name) in ("digits", "digits_clutter"):
     from effnet.data import digits as _digits  # noqa: F401  (registers the builder)
   if data_dir is not None:
     data_dir = os.path.expanduser(str(data_dir))
@@ -543,30 +542,3 @@ def create_eval_dataset(data_cfg, *, global_batch_size, image_size=None, process
     ds = ds.cache()
   ds = ds.prefetch(_prefetch(data_cfg)).with_options(_options())
   return EvalData(ds, num_batches, int(sum(counts)), int(host_count), batch)
-
-
-Datasets = collections.namedtuple("Datasets", ["train", "eval", "num_train_examples", "num_eval_examples",
-                                               "num_eval_batches", "train_per_host_batch_size",
-                                               "eval_per_host_batch_size", "builder"])
-
-
-def create_datasets(data_cfg, *, global_batch_size, eval_batch_size, image_size=None, eval_image_size=None,
-                    process_index=None, process_count=None, seed=0, num_epochs=None, start_epoch=0,
-                    num_train_examples_override=None):
-  """Both pipelines plus the counts a training loop needs; see create_train_dataset / create_eval_dataset."""
-  validate_data_config(data_cfg)
-  process_index, process_count = _process_info(process_index, process_count)
-  per_host_batch_size(global_batch_size, process_count, "train.batch_size")
-  per_host_batch_size(eval_batch_size, process_count, "eval batch size")
-  builder = get_builder(data_cfg)
-  train = create_train_dataset(data_cfg, global_batch_size=global_batch_size, image_size=image_size,
-                               process_index=process_index, process_count=process_count, seed=seed,
-                               start_epoch=start_epoch, num_epochs=num_epochs, builder=builder)
-  ev = create_eval_dataset(data_cfg, global_batch_size=eval_batch_size, image_size=eval_image_size,
-                           process_index=process_index, process_count=process_count, builder=builder)
-  try:
-    n_train = num_train_examples(data_cfg, num_train_examples_override, builder)
-  except ValueError:
-    n_train = None
-  return Datasets(train, ev.dataset, n_train, ev.num_examples, ev.num_batches,
-                  global_batch_size // process_count, ev.per_host_batch_size, builder)

@@ -1,7 +1,7 @@
 """Model API: `build_model(model_config)`, the official variant settings, fast initialisation and counting.
 
 Stable names used by notebooks and outside checks: build_model, variant_settings, init_variables, count_params,
-count_macs.
+count_macs, scan_variables, unscan_variables.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 
 from effnet.models import arch
 from effnet.models.arch import BlockSpec, Block
-from effnet.models.efficientnet import EfficientNet
+from effnet.models.efficientnet import EfficientNet, block_groups, group_name
 from effnet.models.layers import DEPTHWISE_IMPLS
 
 FAMILIES = ('v1', 'v2')
@@ -100,6 +100,9 @@ def build_model(model_config) -> EfficientNet:
   drop = float(_get(model_config, 'dropout_rate', 0.2))
   if not 0.0 <= drop < 1.0:
     raise ValueError(f'model.dropout_rate={drop}; allowed: [0, 1)')
+  scan = _get(model_config, 'scan_blocks', False)
+  if not isinstance(scan, bool):
+    raise ValueError(f'model.scan_blocks={scan!r}; allowed: True or False')
   group = int(_get(model_config, 'bn_group_size', 0) or 0)
   if group < 0:
     raise ValueError(f'model.bn_group_size={group}; allowed: 0 (global batch) or a positive example count')
@@ -107,7 +110,7 @@ def build_model(model_config) -> EfficientNet:
       blocks=tuple(blocks), stem_filters=stem, head_filters=head, num_classes=num_classes, dropout_rate=drop,
       bn_momentum=float(_get(model_config, 'bn_momentum', 0.99)),
       bn_epsilon=float(_get(model_config, 'bn_epsilon', 1e-3)), bn_group_size=group,
-      dtype=DTYPES[dtype_name], depthwise_impl=impl)
+      dtype=DTYPES[dtype_name], depthwise_impl=impl, scan_blocks=bool(scan))
 
 
 def abstract_variables(module: EfficientNet, image_size: int, batch: int = 1):
@@ -119,6 +122,54 @@ def abstract_variables(module: EfficientNet, image_size: int, batch: int = 1):
 def count_params(module: EfficientNet, image_size: int = 224) -> int:
   params = abstract_variables(module, image_size)['params']
   return int(sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))
+
+
+def _scan_groups(module: EfficientNet) -> list[tuple[Block, ...]]:
+  """The groups of blocks that `scan_blocks=True` stacks (whatever `module.scan_blocks` is)."""
+  return [g for g in block_groups(module.blocks, scan=True) if len(g) > 1]
+
+
+def _stack(leaves):
+  """numpy stays numpy (e.g. `effnet.convert` output), anything else (jax arrays, tracers) goes through jnp."""
+  if all(isinstance(a, np.ndarray) for a in leaves):
+    return np.stack(leaves)
+  return jnp.stack(leaves)
+
+
+def _restack(tree, module: EfficientNet, stack: bool):
+  """Stacks (or splits) each scan group's blocks in every mapping of `tree`; see `scan_variables`."""
+  groups = [(group_name(g), [f'blocks_{b.index}' for b in g]) for g in _scan_groups(module)]
+
+  def convert(node):
+    if not isinstance(node, Mapping):
+      return node
+    node = {k: convert(v) for k, v in node.items()}
+    for whole, names in groups:
+      present = [n for n in names if n in node]
+      if stack and present:
+        if len(present) != len(names):
+          raise ValueError(f'cannot stack {whole}: the tree has {present} but not all of {names}')
+        node[whole] = jax.tree_util.tree_map(lambda *a: _stack(a), *[node.pop(n) for n in names])
+      elif not stack and whole in node:
+        parts = node.pop(whole)
+        node.update({n: jax.tree_util.tree_map(lambda a, j=j: a[j], parts) for j, n in enumerate(names)})
+    return node
+
+  return jax.tree_util.tree_map(convert, tree, is_leaf=lambda x: isinstance(x, Mapping))
+
+
+def scan_variables(tree, module: EfficientNet):
+  """Per-block variables (`blocks_{i}`) -> the stacked layout of `scan_blocks=True` (`blocks_{i}_to_{j}`).
+
+  Works on any pytree: every mapping in it (a variables dict, bare params, the params-shaped trees inside a train
+  state's optimizer state) is converted wherever it holds a group's blocks; already stacked trees pass unchanged.
+  So checkpoints, timm imports and initialisers of either layout serve either model."""
+  return _restack(tree, module, stack=True)
+
+
+def unscan_variables(tree, module: EfficientNet):
+  """The inverse of `scan_variables`: stacked `blocks_{i}_to_{j}` -> per-block `blocks_{i}` (exact slices)."""
+  return _restack(tree, module, stack=False)
 
 
 def _leaf_init_rule(path, leaf):
@@ -146,7 +197,12 @@ def make_initializer(module: EfficientNet, image_size: int = 224):
   Same distributions as `module.init` (different random values): all variables come from one normal and one
   uniform draw, reshaped per variable. It never traces the forward pass and compiles a handful of ops instead of
   one RNG kernel per variable: seconds instead of the 30-60 s a jitted `module.init` takes for B0-sized nets.
+  With `scan_blocks` the per-block variables are drawn and then stacked, so a seed gives the same weights (and
+  each stacked slice its own block's fan-out) with or without scan.
   """
+  if module.scan_blocks:
+    init_blocks = make_initializer(module.clone(scan_blocks=False), image_size)
+    return lambda key: scan_variables(init_blocks(key), module)
   abstract = abstract_variables(module, image_size)
   leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
   rules = [_leaf_init_rule(p, l) for p, l in leaves]
@@ -183,6 +239,7 @@ def count_macs(module: EfficientNet, image_size: int, variables=None) -> int:
 
   Counts every convolution and matmul (SE and classifier included); elementwise ops are not counted, like
   tfprof's float_ops/2 that the official code reports. Depthwise convs are traced as convolutions for counting.
+  A scan's body counts once per iteration, so `scan_blocks` does not change the figure.
   """
   module = module.clone(depthwise_impl='conv', dtype=jnp.float32)
   if variables is None:
@@ -205,8 +262,9 @@ def _jaxpr_macs(jaxpr) -> float:
       lhs = eqn.invars[0].aval.shape
       out = eqn.outvars[0].aval.shape
       total += math.prod(out) * math.prod(lhs[d] for d in lc)
+    times = eqn.params['length'] if prim == 'scan' else 1
     for sub in _subjaxprs(eqn):
-      total += _jaxpr_macs(sub)
+      total += times * _jaxpr_macs(sub)
   return total
 
 

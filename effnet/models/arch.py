@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 # Compound-scaling constants found by the φ=1 grid search (EfficientNet paper §3.3): α·β²·γ² ≈ 2.
 ALPHA, BETA, GAMMA = 1.2, 1.1, 1.15
@@ -96,9 +96,6 @@ V2_TABLE = {
 }
 
 ROUND_RULES = ('tpu', 'automl')
-
-_BLOCK_RE = re.compile(r'^[a-z]+[0-9.]*$')
-
 
 @dataclasses.dataclass(frozen=True)
 class BlockSpec:
@@ -262,6 +259,3 @@ def stem_and_head(stages: Sequence[str | BlockSpec], width: float, head_filters:
   return (round_filters(first.input_filters, width, rule, divisor, min_depth),
           round_filters(head_filters, width, rule, divisor, min_depth))
 
-
-def describe(stages: Iterable[BlockSpec]) -> str:
-  return ' | '.join(s.encode() for s in stages)

@@ -37,12 +37,15 @@ class _BlockBase(nn.Module):
       x = SqueezeExcite(max(1, int(spec.input_filters * spec.se_ratio)), dtype=self.dtype, name='se')(x)
     return x
 
-  def residual(self, x, inputs, train):
-    """Identity skip (stride 1, in == out, id_skip) with per-sample stochastic depth in training only."""
+  def residual(self, x, inputs, train, survival_prob=None):
+    """Identity skip (stride 1, in == out, id_skip) with per-sample stochastic depth in training only.
+
+    `survival_prob` overrides the block's own: under `nn.scan` it is a traced per-repeat scalar. Whether to draw a
+    mask at all stays static (`block.survival_prob < 1`), so a net without stochastic depth draws no random bits."""
     if not self.block.has_residual:
       return x
-    p = self.block.survival_prob
-    if train and p < 1.0:
+    if train and self.block.survival_prob < 1.0:
+      p = self.block.survival_prob if survival_prob is None else survival_prob
       x = drop_path(x, p, self.make_rng('dropout'))
     return x + inputs
 
@@ -51,7 +54,7 @@ class MBConv(_BlockBase):
   """expand 1×1 (if e≠1) → depthwise k×k (stride) → SE → project 1×1 (BN, no activation) → residual."""
 
   @nn.compact
-  def __call__(self, inputs, train: bool = False):
+  def __call__(self, inputs, train: bool = False, survival_prob=None):
     spec = self.block.spec
     x = inputs
     if spec.expand_ratio != 1:
@@ -62,14 +65,14 @@ class MBConv(_BlockBase):
     x = self.se(x)
     x = self.conv(spec.output_filters, 1, name='project_conv')(x)
     x = self.bn('project_bn')(x, train)
-    return self.residual(x, inputs, train)
+    return self.residual(x, inputs, train, survival_prob)
 
 
 class FusedMBConv(_BlockBase):
   """e≠1: k×k expand conv (stride) → [SE] → 1×1 project (BN, no act). e=1: one k×k conv (stride) → BN → act."""
 
   @nn.compact
-  def __call__(self, inputs, train: bool = False):
+  def __call__(self, inputs, train: bool = False, survival_prob=None):
     spec = self.block.spec
     x = inputs
     if spec.expand_ratio != 1:
@@ -82,4 +85,4 @@ class FusedMBConv(_BlockBase):
       x = self.se(x)
       x = self.conv(spec.output_filters, spec.kernel_size, spec.stride, name='project_conv')(x)
       x = nn.silu(self.bn('project_bn')(x, train))
-    return self.residual(x, inputs, train)
+    return self.residual(x, inputs, train, survival_prob)
