@@ -319,38 +319,3 @@ def test_synthetic_batches():
   assert int(b[0]["label"].max()) < 10
   np.testing.assert_array_equal(np.asarray(b[0]["image"]), np.asarray(b[2]["image"]))  # cycles over 2
   assert len(list(synthetic.synthetic_batches(2, 8, 3, num_batches=5))) == 5
-
-
-def test_digits_clutter_builder_keeps_labels_and_split_and_holds_each_digit(data_dir):
-  """digits_clutter: the same 1,438/359 split and labels as digits (sklearn order), 32×32 canvases that are the
-  same on every preparation, and the digit itself is on the canvas: in some 10–16 px window the canvas is ≥ the
-  bilinear upscale of the sklearn digit everywhere and equal to it on most of its pixels (brute force, first test
-  examples)."""
-  from PIL import Image
-  from sklearn.datasets import load_digits
-  builder = tfds.builder("digits_clutter", data_dir=data_dir)
-  builder.download_and_prepare()
-  d = load_digits()
-  for split, n in (("train", 1438), ("test", 359)):
-    exs = list(tfds.as_numpy(builder.as_dataset(split=split)))
-    assert len(exs) == n
-    assert all(int(e["label"]) == int(d.target[int(e["index"])]) for e in exs)
-    assert all(e["image"].shape == (32, 32, 3) for e in exs)
-  plain = {int(e["index"]) for e in tfds.as_numpy(tfds.builder("digits", data_dir=data_dir).as_dataset(split="test"))}
-  test = list(tfds.as_numpy(builder.as_dataset(split="test")))
-  assert {int(e["index"]) for e in test} == plain
-  src = digits.digits_to_uint8_rgb(d.images)
-  for e in test[:5]:
-    canvas, best = e["image"][..., 0].astype(np.float64), 0.0
-    for size in range(10, 17):
-      digit = np.asarray(Image.fromarray(src[int(e["index"]), :, :, 0]).resize((size, size), Image.BILINEAR))
-      digit = digit.astype(np.float64)
-      for y in range(33 - size):
-        for x in range(33 - size):
-          window = canvas[y:y + size, x:x + size]
-          if np.all(window >= digit):  # drawn with max() over the clutter: equal wherever the digit is brighter
-            best = max(best, np.mean(window[digit > 0] == digit[digit > 0]))
-    assert best > 0.5
-  again = digits.clutter_canvas(src, int(test[0]["index"]), np.random.RandomState(digits.CLUTTER_SEED +
-                                                                                   int(test[0]["index"])))
-  np.testing.assert_array_equal(again, test[0]["image"])

@@ -3,8 +3,7 @@
 Why: the project needs a real dataset that prepares offline in well under a second (no download, no manual
 files) so that the full train/eval path - tfds builder, per-host splits, tf.data, model, metrics - can be exercised
 end to end on a laptop or in CI. Importing this module registers the builder under the name `digits`, after which
-`tfds.builder('digits', data_dir=...)` / `tfds.load('digits', data_dir=...)` find it. It also registers
-`digits_clutter`, the same digits small on cluttered 32×32 canvases, where the input resolution matters.
+`tfds.builder('digits', data_dir=...)` / `tfds.load('digits', data_dir=...)` find it.
 
 Data: sklearn.datasets.load_digits (1,797 images, pixel values 0..16, 10 classes). Pixels are stored as uint8
 RGB: round(v * 255 / 16) replicated to 3 channels (EfficientNet stems take 3 channels), PNG-encoded by
@@ -81,70 +80,3 @@ class Digits(tfds.core.GeneratorBasedBuilder):
     for i in indices:
       i = int(i)
       yield i, {"image": images[i], "label": int(labels[i]), "index": i}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# digits_clutter: the same digits where image resolution matters
-# ----------------------------------------------------------------------------------------------------------------
-CANVAS_SIZE = 32
-CLUTTER_SEED = 1
-
-
-def clutter_canvas(images_u8, index, rng, canvas=CANVAS_SIZE, num_fragments=3):
-  """One 32×32 uint8 RGB canvas: digit `index` scaled to 10–16 px at a random place over fragments of other digits.
-
-  Why: an 8×8 digit resized to 32 px carries no detail above 16 px, so image size cannot matter on `digits` and
-  a progressive-learning comparison there shows nothing. Here the digit is small and sits among 3 random 4×4
-  fragments of other digits (each drawn 8×8), so a 16 px input halves a 10–16 px digit while the clutter stays:
-  the size the network sees changes what it can tell apart.
-  """
-  from PIL import Image  # pillow ships with matplotlib, a runtime requirement
-  out = np.zeros((canvas, canvas), np.uint8)
-  for _ in range(num_fragments):
-    other = images_u8[rng.randint(len(images_u8)), :, :, 0]
-    y, x = rng.randint(0, 5, size=2)
-    frag = np.asarray(Image.fromarray(other[y:y + 4, x:x + 4]).resize((8, 8), Image.BILINEAR))
-    fy, fx = rng.randint(0, canvas - 8 + 1, size=2)
-    out[fy:fy + 8, fx:fx + 8] = np.maximum(out[fy:fy + 8, fx:fx + 8], frag)
-  size = int(rng.randint(10, 17))
-  digit = np.asarray(Image.fromarray(images_u8[index, :, :, 0]).resize((size, size), Image.BILINEAR))
-  y, x = rng.randint(0, canvas - size + 1, size=2)
-  out[y:y + size, x:x + size] = np.maximum(out[y:y + size, x:x + size], digit)
-  return np.repeat(out[..., None], 3, axis=-1)
-
-
-class DigitsClutter(tfds.core.GeneratorBasedBuilder):
-  """`digits` on 32×32 cluttered canvases (same labels, same stratified split); prepared locally, offline."""
-
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release: one canvas per digit, layout drawn from RandomState(1 + index)."}
-
-  def _info(self):
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description="scikit-learn load_digits() digits scaled to 10-16 px at random places on 32x32 canvases "
-                    "over 3 fragments of other digits.",
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(CANVAS_SIZE, CANVAS_SIZE, 3), dtype=np.uint8,
-                                         encoding_format="png"),
-            "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
-            "index": np.int64,
-        }),
-        supervised_keys=("image", "label"),
-    )
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # generated from the digits bundled with scikit-learn
-    from sklearn.datasets import load_digits
-    d = load_digits()
-    images = digits_to_uint8_rgb(d.images)
-    labels = d.target.astype(np.int64)
-    train_idx, test_idx = split_indices(labels)
-    return {"train": self._generate_examples(images, labels, train_idx),
-            "test": self._generate_examples(images, labels, test_idx)}
-
-  def _generate_examples(self, images, labels, indices):
-    for i in indices:
-      i = int(i)
-      canvas = clutter_canvas(images, i, np.random.RandomState(CLUTTER_SEED + i))
-      yield i, {"image": canvas, "label": int(labels[i]), "index": i}

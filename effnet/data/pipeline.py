@@ -132,7 +132,7 @@ def get_builder(data_cfg, *, prepare=True):
   validate_data_config(data_cfg)
   name = _get(data_cfg, "name")
   data_dir = _get(data_cfg, "data_dir")
-  if _base_name(name) in ("digits", "digits_clutter"):
+  if _base_name(name) == "digits":
     from effnet.data import digits as _digits  # noqa: F401  (registers the builder)
   if data_dir is not None:
     data_dir = os.path.expanduser(str(data_dir))
