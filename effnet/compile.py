@@ -101,10 +101,6 @@ class StepCompiler:
     """Starts compiling in the background (no-op if already compiled or compiling)."""
     self._future((kind, int(image_size), int(batch)), background=True)
 
-  def is_requested(self, kind: str, image_size: int, batch: int) -> bool:
-    """Whether this shape was already asked for (compiling in the background or done)."""
-    return (kind, int(image_size), int(batch)) in self._futures
-
   def is_ready(self, kind: str, image_size: int, batch: int) -> bool:
     fut = self._futures.get((kind, int(image_size), int(batch)))
     return fut is not None and fut.done()

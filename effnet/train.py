@@ -44,7 +44,6 @@ class _Run:
   builder: Any
   stages: list
   total_steps: int
-  steps_per_epoch: float
   host_epoch_examples: int
   module: Any
   tx: Any
@@ -126,7 +125,6 @@ def _setup(config, workdir: str) -> _Run:
   abstract = state_lib.abstract_state(module, tx, config.data.image_size, parallel.replicated(mesh))
   return _Run(
       config=config, workdir=workdir, mesh=mesh, builder=builder, stages=stages, total_steps=total_steps,
-      steps_per_epoch=steps_per_epoch,
       host_epoch_examples=pipeline.host_split_num_examples(builder, config.data.train_split, jax.process_index(),
                                                            jax.process_count()),
       module=module, tx=tx, step_cfg=step_cfg, abstract=abstract,

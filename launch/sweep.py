@@ -124,11 +124,16 @@ def collect(workdir_root: str, runs: Sequence[dict], names: Sequence[str],
   for rec in records:
     rows.append([rec["run"], rec["status"], *[format_cell(rec["overrides"].get(k, "")) for k in okeys],
                  *[format_cell(rec["metrics"].get(k, "")) for k in mkeys], rec["workdir"]])
+  write_csv(root / "results.csv", rows)
+  return records
+
+
+def write_csv(path, rows) -> None:
+  """Writes rows (lists of cells) as CSV to a local or gs:// path (etils.epath)."""
   import io
   buf = io.StringIO()
   csv.writer(buf, lineterminator="\n").writerows(rows)
-  (root / "results.csv").write_text(buf.getvalue())
-  return records
+  path.write_text(buf.getvalue())
 
 
 SEED_KEY = "train.seed"
@@ -167,10 +172,7 @@ def write_summary(workdir_root: str, rows: Sequence[dict]) -> str:
   """summary.csv (one row per setting) and summary.md (mean ± std, top-1 in percent); returns the markdown."""
   root = as_path(workdir_root)
   keys = list(dict.fromkeys(k for r in rows for k in r))
-  import io
-  buf = io.StringIO()
-  csv.writer(buf, lineterminator="\n").writerows([keys] + [[format_cell(r.get(k, "")) for k in keys] for r in rows])
-  (root / "summary.csv").write_text(buf.getvalue())
+  write_csv(root / "summary.csv", [keys] + [[format_cell(r.get(k, "")) for k in keys] for r in rows])
   metrics = [m for m in SUMMARY_METRICS if any(f"{m}_mean" in r for r in rows)]
   lines = ["| setting | runs | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
   for r in rows:

@@ -96,7 +96,7 @@ def _run_for_compiles(compile_ahead, total_steps=100, eval_every=30):
   c.train.compile_ahead = compile_ahead
   stages = progressive.build_stages(c.progressive, total_steps, c.data.image_size, c.train.batch_size)
   return train._Run(config=c, workdir='', mesh=None, builder=None, stages=stages, total_steps=total_steps,
-                    steps_per_epoch=1.0, host_epoch_examples=1, module=None, tx=None, step_cfg=None, abstract=None,
+                    host_epoch_examples=1, module=None, tx=None, step_cfg=None, abstract=None,
                     compiler=_RecordingCompiler(), checkpointer=None, eval_data=None, minival_data=None,
                     eval_every=eval_every)
 
