@@ -78,8 +78,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict(dict(
       lr_base=0.016, lr=config_dict.placeholder(float), warmup_epochs=5.0, decay_epochs=2.4, decay_factor=0.97,
       schedule='exponential', rmsprop_decay=0.9, rmsprop_initial_scale=1.0, momentum=0.9, eps=1e-3,
-      weight_decay=1e-5,
-      weight_decay_rule='tpu', ema_decay=0.9999, ema_per_stage=False, label_smoothing=0.1))
+      weight_decay=1e-5, weight_decay_rule='tpu', ema_decay=0.9999, ema_per_stage=False, label_smoothing=0.1))
 
   c.train = ml_collections.ConfigDict(dict(
       batch_size=4096, eval_batch_size=1024, num_epochs=350.0, total_steps=config_dict.placeholder(int),

@@ -53,7 +53,7 @@ def rmsprop_tf(learning_rate: ScalarOrSchedule, decay: float = 0.9, momentum: fl
 
   ``initial_scale`` is the mean-square slot's start value: 1.0 in TF1 (the official recipe). With gradients far below
   1 it divides the first few dozen updates by ~1 instead of by their RMS, a slow start that 350 epochs never notice
-  and a run of a few hundred steps does (``optim.rmsprop_initial_scale``; the demo uses 0).
+  and a run of a few hundred steps does (``optim.rmsprop_initial_scale``; README "The demo" measures 0 against 1).
   """
   if not 0.0 <= decay < 1.0:
     raise ValueError(f'optim.rmsprop_decay must be in [0, 1), got {decay!r}')
