@@ -4,3 +4,7 @@ Data flow, top to bottom: configs/ → effnet.models → effnet.state → effnet
 effnet.checkpoint / effnet.metrics, tied together by effnet.train.train_and_evaluate.
 """
 __version__ = '0.1.0'
+
+from effnet.config_lib import apply_override, load_config  # noqa: E402  (the one way scripts and notebooks load configs)
+
+__all__ = ['apply_override', 'load_config']

@@ -9,7 +9,7 @@ import pathlib
 import pytest
 
 from effnet import config_lib
-from effnet.tools.summary import apply_override, load_config
+from effnet import apply_override, load_config
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / 'configs'
 V1 = str(CONFIGS / 'efficientnet.py')

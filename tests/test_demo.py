@@ -7,7 +7,7 @@ spread; the EMA weights must not be worse than the raw ones by more than one suc
 import pytest
 
 from effnet import train
-from effnet.tools.summary import load_config
+from effnet import load_config
 
 
 @pytest.mark.demo

@@ -4,7 +4,7 @@ import json
 import os
 
 from effnet import progressive, train
-from effnet.tools.summary import load_config
+from effnet import load_config
 
 TINY_BLOCKS = ('r1_k3_s1_e1_i16_o16_c1', 'r1_k3_s2_e4_i16_o24_se0.25')
 

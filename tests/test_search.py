@@ -137,7 +137,7 @@ def test_cli_dry_run_on_tpu_slices(capsys, monkeypatch, tmp_path):
 @pytest.mark.slow
 def test_tiny_search_end_to_end_resume_and_emitted_config(tmp_path, monkeypatch):
   from effnet import models, train
-  from effnet.tools.summary import load_config
+  from effnet import load_config
   monkeypatch.chdir(REPO)
   cfg = load_config('configs/search_space.py:tiny')
   cfg.space.layers = ((1, 1), (1, 2))     # 2-3 blocks per candidate: CPU compiles dominate

@@ -193,9 +193,15 @@ def phi_coefficients(phi: float):
   return BETA ** phi, ALPHA ** phi, GAMMA ** phi
 
 
+def round_to_multiple(size: float, multiple: int) -> int:
+  """The nearest multiple of `multiple` (halves round up), at least `multiple`: the one rounding of image sizes, used
+  for φ-scaled resolutions, progressive-learning stages and the scaling searches."""
+  return max(int(multiple), int(multiple) * int(math.floor(size / multiple + 0.5)))
+
+
 def phi_resolution(phi: float, base: int = 224, multiple: int = 8, gamma: float = GAMMA) -> int:
   """The B0 resolution scaled by γ^φ, rounded to a multiple of 8 (the official table's sizes are all multiples of 8)."""
-  return max(multiple, int(round(base * gamma ** phi / multiple)) * multiple)
+  return round_to_multiple(base * gamma ** phi, multiple)
 
 
 def phi_dropout(phi: float) -> float:

@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   a = ap.parse_args(argv)
   try:
     from effnet.search import random_search, runner  # pylint: disable=g-import-not-at-top
-    from effnet.tools.summary import apply_override, load_config  # pylint: disable=g-import-not-at-top
+    from effnet import apply_override, load_config  # pylint: disable=g-import-not-at-top
     cfg = load_config(a.config)
     for o in a.overrides:
       apply_override(cfg, o)

@@ -43,7 +43,7 @@ def candidate_list(cfg, space: SearchSpace) -> list[Candidate]:
 
 def model_config(cfg, blocks: Sequence[str], base: str | None = None):
   """The full-budget config of an architecture: base config + base overrides + blocks (no proxy overrides)."""
-  from effnet.tools.summary import apply_override, load_config  # pylint: disable=g-import-not-at-top
+  from effnet import apply_override, load_config  # pylint: disable=g-import-not-at-top
   c = load_config(base or cfg.base_config)
   for a in cfg.base_overrides:
     apply_override(c, a)

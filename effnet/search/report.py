@@ -114,7 +114,7 @@ An optional ARG (`--config={path}:ARG`) is passed to the base config.
 import os
 
 import effnet
-from effnet.tools.summary import apply_override, load_config
+from effnet import apply_override, load_config
 
 BASE_CONFIG = {base!r}
 BASE_OVERRIDES = {overrides}

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from effnet import compile as compile_lib
 from effnet import config_lib, models, optim, parallel, state as state_lib, steps
 from effnet.data.synthetic import synthetic_batches
-from effnet.tools.summary import apply_override, load_config
+from effnet import apply_override, load_config
 
 
 def run(config, batch: int, image_size: int, num_steps: int = 20, warmup: int = 3, repeats: int = 3) -> dict:

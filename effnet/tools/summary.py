@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from effnet import models
-from effnet.config_lib import apply_override, load_config  # noqa: F401 (re-exported for notebooks)
+from effnet.config_lib import apply_override, load_config
 
 
 def _field(cfg, name):
