@@ -1,9 +1,9 @@
-r"""Training-aware architecture search (`python -m effnet.search`): the V2 search space, the proxy training budget,
+r"""Training-aware architecture search (`python -m launch.search`): the V2 search space, the proxy training budget,
 the step-time benchmark, the objectives and the scaling of the result.
 
-  python -m effnet.search --config=configs/search_space.py --workdir=/tmp/search          # demo: digits, CPU-sized
-  python -m effnet.search --config=configs/search_space.py:tiny --workdir=/tmp/search_tiny  # seconds per candidate
-  python -m effnet.search --config=configs/search_space.py:imagenet --workdir=gs://B/search --backend=tpu ...
+  python -m launch.search --config=configs/search_space.py --workdir=/tmp/search          # demo: digits, CPU-sized
+  python -m launch.search --config=configs/search_space.py:tiny --workdir=/tmp/search_tiny  # seconds per candidate
+  python -m launch.search --config=configs/search_space.py:imagenet --workdir=gs://B/search --backend=tpu ...
 
 Arg tokens: the preset `demo` (default: V2-B0's stages around configs/demo.py on digits), `tiny` (a 2-stage
 backbone at 16 px, 2 steps: tests and smoke runs), `imagenet` (V2-B0 backbone, configs/efficientnetv2.py:b0 at
@@ -20,8 +20,8 @@ TINY_BACKBONE = ('r1_k3_s1_e1_i16_o16_c1', 'r1_k3_s2_e4_i16_o24_se0.25')
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, preset='demo')
-  if a.preset not in ('demo', 'tiny', 'imagenet'):
-    raise ValueError(f'config arg preset={a.preset!r}; allowed: demo, tiny, imagenet')
+  if a.preset not in PRESETS:
+    raise ValueError(f'config arg preset={a.preset!r}; allowed: {", ".join(PRESETS)}')
   c = ml_collections.ConfigDict()
   # The trainer config every candidate starts from, and 'section.field=value' overrides applied to every candidate
   # run and every emitted config (not the proxy budget).
@@ -62,26 +62,41 @@ def get_config(arg=None):
       enabled=True, base_config=config_dict.placeholder(str), phis=(1.0, 2.0, 3.0, 4.0), max_image_size=480,
       size_multiple=16, extra_layers_per_phi=(1.0, 2.0), alpha=arch.ALPHA, beta=arch.BETA, gamma=arch.GAMMA))
 
-  if a.preset == 'tiny':
-    c.space.backbone = TINY_BACKBONE
-    c.space.layers = ((1, 2), (1, 2))
-    c.base_overrides = ('model.head_filters=64', 'model.width_coefficient=1.0', 'model.depth_coefficient=1.0',
-                        'data.image_size=16', 'data.eval_image_size=16', 'train.batch_size=16')
-    c.search.num_candidates = 3
-    c.search.train_reference = False
-    c.proxy.image_size = c.proxy.eval_image_size = 16
-    c.proxy.batch_size = 16
-    c.proxy.total_steps = 2
-    c.step_time.num_steps, c.step_time.warmup, c.step_time.repeats = 3, 1, 1
-    c.scaling.phis = (1.0, 2.0)
-  elif a.preset == 'imagenet':
-    c.base_config = 'configs/efficientnetv2.py:b0'
-    c.proxy.overrides = ('progressive.enabled=false',)  # one fixed proxy size; emitted configs keep the recipe's
-    c.search.num_candidates = 1000
-    c.proxy.image_size = c.proxy.eval_image_size = 128
-    c.proxy.batch_size = 0          # keep the recipe's batch
-    c.proxy.num_epochs = 10.0
-    c.objective.target_macs = 400e6  # EfficientNet-B0's target (MnasNet objective)
-    c.objective.macs_image_size = 224
+  PRESETS[a.preset](c)
   c.lock()
   return c
+
+
+def _demo(c) -> None:
+  """The defaults above: V2-B0's stages around configs/demo.py on digits."""
+  del c
+
+
+def _tiny(c) -> None:
+  """A 2-stage backbone at 16 px, 2 steps per candidate: tests and smoke runs."""
+  c.space.backbone = TINY_BACKBONE
+  c.space.layers = ((1, 2), (1, 2))
+  c.base_overrides = ('model.head_filters=64', 'model.width_coefficient=1.0', 'model.depth_coefficient=1.0',
+                      'data.image_size=16', 'data.eval_image_size=16', 'train.batch_size=16')
+  c.search.num_candidates = 3
+  c.search.train_reference = False
+  c.proxy.image_size = c.proxy.eval_image_size = 16
+  c.proxy.batch_size = 16
+  c.proxy.total_steps = 2
+  c.step_time.num_steps, c.step_time.warmup, c.step_time.repeats = 3, 1, 1
+  c.scaling.phis = (1.0, 2.0)
+
+
+def _imagenet(c) -> None:
+  """V2 §3.3: the V2-B0 backbone, configs/efficientnetv2.py:b0 at 128 px for 10 epochs, up to 1000 models."""
+  c.base_config = 'configs/efficientnetv2.py:b0'
+  c.proxy.overrides = ('progressive.enabled=false',)  # one fixed proxy size; emitted configs keep the recipe's
+  c.search.num_candidates = 1000
+  c.proxy.image_size = c.proxy.eval_image_size = 128
+  c.proxy.batch_size = 0          # keep the recipe's batch
+  c.proxy.num_epochs = 10.0
+  c.objective.target_macs = 400e6  # EfficientNet-B0's target (MnasNet objective)
+  c.objective.macs_image_size = 224
+
+
+PRESETS = {'demo': _demo, 'tiny': _tiny, 'imagenet': _imagenet}

@@ -4,6 +4,10 @@ Why a package of its own: launching is host-side orchestration (gcloud, ssh, sba
 imported by training code. Every tool here builds its commands as argument lists and sends them through one `Runner`,
 so that each command is printed and logged exactly as it is executed, and `--dry-run` prints the same lines without
 executing anything.
+
+  runs.py         the one run loop (Backend, run_all) of sweep.py, grid_search.py and search.py
+  cli.py          what every command line shares: the split at `--`, the parser, the TPU slice options
+  tpu.py, local.py, slurm.py, sweep.py, grid_search.py, search.py, plot.py: the command-line tools
 """
 from __future__ import annotations
 

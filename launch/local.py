@@ -10,7 +10,6 @@ killed, so a hung collective never outlives the launcher.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import socket
@@ -20,7 +19,7 @@ import threading
 import time
 from typing import Sequence
 
-from launch import DEFAULT_MODULE
+from launch import DEFAULT_MODULE, cli
 
 
 def free_port() -> int:
@@ -138,30 +137,23 @@ def launch(args: Sequence[str], num_processes: int = 2, module: str = DEFAULT_MO
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  argv = list(sys.argv[1:] if argv is None else argv)
-  args = []
-  if "--" in argv:
-    i = argv.index("--")
-    argv, args = argv[:i], argv[i + 1:]
-  ap = argparse.ArgumentParser(prog="python -m launch.local", description=__doc__.split("\n\n")[0],
-                               epilog="Arguments after `--` go to every process (e.g. --config=... --workdir=...).")
-  ap.add_argument("--num_processes", "--num-processes", type=int, default=2)
-  ap.add_argument("--cpu_devices_per_process", "--cpu-devices-per-process", type=int, default=0,
-                  help="force the CPU backend with this many devices per process (tests)")
-  ap.add_argument("--gpus_per_process", "--gpus-per-process", type=int, default=0,
-                  help="give process i CUDA_VISIBLE_DEVICES = its own block of this many GPUs")
+  ap = cli.make_parser("python -m launch.local", __doc__,
+                       "Arguments after `--` go to every process (e.g. --config=... --workdir=...).")
+  cli.add_flag(ap, "num_processes", type=int, default=2)
+  cli.add_flag(ap, "cpu_devices_per_process", type=int, default=0,
+               help="force the CPU backend with this many devices per process (tests)")
+  cli.add_flag(ap, "gpus_per_process", type=int, default=0,
+               help="give process i CUDA_VISIBLE_DEVICES = its own block of this many GPUs")
   ap.add_argument("--module", default=DEFAULT_MODULE)
   ap.add_argument("--timeout", type=float, default=None, help="seconds; then all processes are killed (exit 124)")
   ap.add_argument("--port", type=int, default=None, help="coordinator port (default: a free one)")
-  ap.add_argument("--log_dir", "--log-dir", default=None, help="also write process_<i>.log files here")
-  ap.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true")
-  a = ap.parse_args(argv)
+  cli.add_flag(ap, "log_dir", default=None, help="also write process_<i>.log files here")
+  a, args = cli.parse(ap, argv)
   try:
     return launch(args, a.num_processes, a.module, a.cpu_devices_per_process, a.gpus_per_process, a.timeout, a.port,
                   a.log_dir, dry_run=a.dry_run)
   except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return cli.fail(e)
 
 
 if __name__ == "__main__":

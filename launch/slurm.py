@@ -12,13 +12,12 @@ on every task: `srun python -m effnet.main ... --config.distributed.initialize=a
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 import sys
 from typing import Sequence
 
-from launch import DEFAULT_MODULE, Runner
+from launch import DEFAULT_MODULE, Runner, cli
 
 
 def sbatch_script(args: Sequence[str], nodes: int = 1, gpus_per_node: int = 8, mode: str = "per_gpu",
@@ -39,12 +38,8 @@ def sbatch_script(args: Sequence[str], nodes: int = 1, gpus_per_node: int = 8, m
            f"#SBATCH --ntasks-per-node={tasks_per_node}", f"#SBATCH --gres=gpu:{gpus_per_node}",
            f"#SBATCH --cpus-per-task={cpus}", f"#SBATCH --time={time_limit}",
            f"#SBATCH --output={log_dir}/%x-%j.out"]
-  if partition:
-    lines.append(f"#SBATCH --partition={partition}")
-  if account:
-    lines.append(f"#SBATCH --account={account}")
-  if mem:
-    lines.append(f"#SBATCH --mem={mem}")
+  lines += [f"#SBATCH --{opt}={value}" for opt, value in
+            (("partition", partition), ("account", account), ("mem", mem)) if value]
   if requeue:  # a requeued job re-runs this script with the same workdir and resumes from its checkpoint
     lines.append("#SBATCH --requeue")
   lines += [f"#SBATCH {x}" for x in extra_sbatch]
@@ -53,10 +48,8 @@ def sbatch_script(args: Sequence[str], nodes: int = 1, gpus_per_node: int = 8, m
             f"cd {shlex.quote(repo_dir)}", f"mkdir -p {shlex.quote(log_dir)}"]
   if venv:
     lines.append(f"source {shlex.quote(os.path.join(venv, 'bin', 'activate'))}")
-  if tfds_data_dir:
-    lines.append(f"export TFDS_DATA_DIR={shlex.quote(tfds_data_dir)}")
-  if compilation_cache_dir:
-    lines.append(f"export JAX_COMPILATION_CACHE_DIR={shlex.quote(compilation_cache_dir)}")
+  lines += [f"export {name}={shlex.quote(value)}" for name, value in
+            (("TFDS_DATA_DIR", tfds_data_dir), ("JAX_COMPILATION_CACHE_DIR", compilation_cache_dir)) if value]
   if mode == "per_node":
     lines.append("export JAX_LOCAL_DEVICE_IDS=" + ",".join(str(g) for g in range(gpus_per_node)))
   cmd = ["srun", "--kill-on-bad-exit=1", "python", "-m", module, *args, "--config.distributed.initialize=auto"]
@@ -64,43 +57,40 @@ def sbatch_script(args: Sequence[str], nodes: int = 1, gpus_per_node: int = 8, m
   return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  argv = list(sys.argv[1:] if argv is None else argv)
-  args = []
-  if "--" in argv:
-    i = argv.index("--")
-    argv, args = argv[:i], argv[i + 1:]
-  ap = argparse.ArgumentParser(prog="python -m launch.slurm", description=__doc__.split("\n\n")[0],
-                               epilog="Arguments after `--` go to effnet.main (--config=..., --workdir=..., overrides).")
+def _parser():
+  ap = cli.make_parser("python -m launch.slurm", __doc__,
+                       "Arguments after `--` go to effnet.main (--config=..., --workdir=..., overrides).")
   ap.add_argument("--nodes", type=int, default=1)
-  ap.add_argument("--gpus_per_node", "--gpus-per-node", type=int, default=8)
+  cli.add_flag(ap, "gpus_per_node", type=int, default=8)
   ap.add_argument("--mode", choices=["per_gpu", "per_node"], default="per_gpu")
-  ap.add_argument("--job_name", "--job-name", default="effnet")
+  cli.add_flag(ap, "job_name", default="effnet")
   ap.add_argument("--time", default="24:00:00")
   ap.add_argument("--partition", default=None)
   ap.add_argument("--account", default=None)
-  ap.add_argument("--cpus_per_task", "--cpus-per-task", type=int, default=None)
+  cli.add_flag(ap, "cpus_per_task", type=int, default=None)
   ap.add_argument("--mem", default=None)
-  ap.add_argument("--repo_dir", "--repo-dir", default=os.getcwd())
+  cli.add_flag(ap, "repo_dir", default=os.getcwd())
   ap.add_argument("--venv", default=".venv", help="virtualenv to activate, relative to repo_dir ('' for none)")
   ap.add_argument("--module", default=DEFAULT_MODULE)
-  ap.add_argument("--tfds_data_dir", "--tfds-data-dir", default=None)
-  ap.add_argument("--compilation_cache_dir", "--compilation-cache-dir", default=None)
-  ap.add_argument("--log_dir", "--log-dir", default="slurm_logs")
+  cli.add_flag(ap, "tfds_data_dir", default=None)
+  cli.add_flag(ap, "compilation_cache_dir", default=None)
+  cli.add_flag(ap, "log_dir", default="slurm_logs")
   ap.add_argument("--requeue", action="store_true")
   ap.add_argument("--sbatch", action="append", default=[], help="extra '#SBATCH' option, e.g. --sbatch=--qos=high")
   ap.add_argument("--out", default="effnet.sbatch", help="script path to write")
   ap.add_argument("--submit", action="store_true", help="run sbatch on the written script")
-  ap.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true", help="print the script only")
-  a = ap.parse_args(argv)
+  return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  a, args = cli.parse(_parser(), argv)
   try:
     script = sbatch_script(args, a.nodes, a.gpus_per_node, a.mode, a.job_name, a.time, a.partition, a.account,
                            a.cpus_per_task, a.mem, a.repo_dir, a.venv or None, a.module, a.tfds_data_dir,
                            a.compilation_cache_dir, a.log_dir, a.requeue, a.sbatch)
   except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  if a.dry_run:
+    return cli.fail(e)
+  if a.dry_run:  # prints the script only
     print(script, end="")
     if a.submit:
       Runner(dry_run=True).run(["sbatch", a.out])

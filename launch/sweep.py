@@ -1,5 +1,5 @@
-"""Expand a config file's `sweep()` into runs, run them (locally one after another, or on TPU VMs), and collect every
-run's final_metrics.json with its overrides into one table (results.csv / results.json).
+"""Expand a config file's `sweep()` into runs, run them (through launch.runs: locally, N at a time, or on TPU
+slices), and collect every run's final_metrics.json with its overrides into one table (results.csv / results.json).
 
 Why: the kauldron/big_vision convention keeps a sweep next to the config it varies: `sweep(name=None)` returns a list
 of override dicts such as {'optim.lr_base': 0.01}. Each run gets a readable workdir name derived from its overrides,
@@ -10,8 +10,6 @@ resumes from the checkpoint in its workdir. Workdirs may be local or gs:// (etil
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import csv
 import hashlib
 import inspect
@@ -19,20 +17,15 @@ import json
 import math
 import re
 import statistics
-import subprocess
 import sys
 from typing import Any, Sequence
 
 from effnet import config_lib
-from launch import DEFAULT_MODULE, Runner, format_override_value, override_flags
+from launch import Runner, cli, format_override_value
+from launch import runs as runs_lib
+from launch.runs import METRICS_FILE, as_path
 
-METRICS_FILE = "final_metrics.json"
 _MAX_NAME = 120
-
-
-def as_path(p: str):
-  from etils import epath  # local paths and gs:// through the same API orbax/tfds use
-  return epath.Path(p)
 
 
 # The config-file conventions are effnet's own (effnet.main's --config): one implementation, re-used here.
@@ -62,16 +55,21 @@ def expand(module, name: str | None = None) -> list[dict[str, Any]]:
   return runs
 
 
+def _has_field(config, key: str) -> bool:
+  node = config
+  for part in key.split("."):
+    try:
+      node = node[part]
+    except (KeyError, TypeError, AttributeError):
+      return False
+  return True
+
+
 def validate(overrides: Sequence[dict], config) -> None:
   """Every key must name an existing field of the config (catches typos before N runs start)."""
-  for r in overrides:
-    for key in r:
-      node = config
-      for part in key.split("."):
-        try:
-          node = node[part]
-        except (KeyError, TypeError, AttributeError):
-          raise ValueError(f"sweep override {key!r}: no such config field") from None
+  for key in (k for r in overrides for k in r):
+    if not _has_field(config, key):
+      raise ValueError(f"sweep override {key!r}: no such config field")
 
 
 def run_name(overrides: dict) -> str:
@@ -195,148 +193,54 @@ def format_cell(v) -> str:
   return format_override_value(v) if not isinstance(v, str) else v
 
 
-def run_local(runner: Runner, config: str, workdir: str, overrides: dict, extra: Sequence[str],
-              module: str = DEFAULT_MODULE) -> int:
-  argv = [sys.executable, "-m", module, f"--config={config}", f"--workdir={workdir}", *override_flags(overrides),
-          *extra]
-  return runner.run(argv, check=False).returncode
+def _parser():
+  parser = cli.make_parser("python -m launch.sweep", __doc__,
+                           "Arguments after `--` go to every run (common overrides). For --backend=tpu, the TPU "
+                           "options are those of `python -m launch.tpu up`.")
+  parser.add_argument("--config", required=True, help="PATH.py[:ARG], as for effnet.main")
+  parser.add_argument("--sweep", default=None, help="name passed to the config's sweep(name)")
+  cli.add_flag(parser, "workdir_root", required=True, help="local dir or gs://bucket/path")
+  cli.add_flag(parser, "collect_only", action="store_true", help="only (re)write results.csv/json")
+  parser.add_argument("--rerun", action="store_true", help="run even when final_metrics.json exists")
+  cli.add_flag(parser, "stop_on_failure", action="store_true")
+  cli.add_flag(parser, "no_validate", action="store_true", help="do not check override keys against get_config(ARG)")
+  runs_lib.add_backend_args(parser)
+  return parser
 
 
-@dataclasses.dataclass
-class Backend:
-  """Where the runs of a sweep (or of the grid search / NAS built on it) execute."""
-  kind: str = "local"                 # 'local' | 'tpu'
-  module: str = DEFAULT_MODULE
-  tpu_name: str | None = None
-  zone: str | None = None
-  project: str | None = None
-  accelerator_type: str = "v4-8"
-  spot: bool = False
-  queued: bool = False
-  tfds_data_dir: str | None = None
-  retry_preempted: int = 0
-  tpu_per_run: bool = False           # one slice per run (NAME-<i>), started detached
-
-  def validate(self) -> None:
-    if self.kind not in ("local", "tpu"):
-      raise ValueError(f"backend={self.kind!r}; allowed: local, tpu")
-    if self.kind == "tpu" and (not self.tpu_name or not self.zone):
-      raise ValueError("tpu_name/zone: required with --backend=tpu")
-    if self.tpu_per_run and self.retry_preempted:
-      raise ValueError("retry_preempted: only with runs on one slice (no --tpu_per_run); per-run slices start "
-                       "detached")
-
-
-def run_one(runner: Runner, backend: Backend, config: str, workdir: str, overrides: dict, extra: Sequence[str],
-            index: int = 0) -> int:
-  """One run: a local subprocess, or on TPU (attached on an existing slice, or its own slice started detached)."""
-  backend.validate()
-  if backend.kind == "local":
-    return run_local(runner, config, workdir, overrides, extra, backend.module)
-  from launch import tpu as tpu_lib
-  s = tpu_lib.Slice(f"{backend.tpu_name}-{index}" if backend.tpu_per_run else backend.tpu_name, backend.zone,
-                    backend.accelerator_type, project=backend.project, spot=backend.spot, queued=backend.queued)
-  job = tpu_lib.Job(config, workdir, [*override_flags(overrides), *extra], backend.module, backend.tfds_data_dir)
-  if backend.tpu_per_run:  # create + setup + start detached; collect later with --collect_only
-    return tpu_lib.do_up(runner, s, job, {}, 0, "nohup")
-  if backend.retry_preempted:  # attached, so the next run starts when this one ends
-    return tpu_lib.do_up(runner, s, job, {}, backend.retry_preempted, "none", create=False)
-  return tpu_lib.do_run(runner, s, job, "none")
-
-
-def run_all(runner: Runner, backend: Backend, config: str, root: str, runs: Sequence[tuple[str, dict]],
-            extra: Sequence[str], rerun: bool = False, stop_on_failure: bool = False) -> dict[str, str]:
-  """Runs (name, overrides) pairs one after another under root/name, skipping finished ones (they have
-  final_metrics.json). Returns {name: status} for the runs that did not finish here: 'failed (exit N)' or
-  'launched' (detached on their own slice)."""
-  status: dict[str, str] = {}
-  for i, (name, overrides) in enumerate(runs):
-    wd = f"{root}/{name}"
-    if not rerun and not runner.dry_run and read_metrics(wd) is not None:
-      print(f"# [{i + 1}/{len(runs)}] {name}: finished, skipped", flush=True)
-      continue
-    print(f"# [{i + 1}/{len(runs)}] {name}", flush=True)
-    try:
-      rc = run_one(runner, backend, config, wd, overrides, extra, index=i)
-    except (ValueError, subprocess.CalledProcessError) as e:
-      print(f"error: {e}", file=sys.stderr)
-      rc = 1
-    if rc != 0:
-      status[name] = f"failed (exit {rc})"
-      if stop_on_failure:
-        break
-    elif backend.tpu_per_run:
-      status[name] = "launched"
-  return status
+def _load_runs(a) -> list[dict]:
+  """The config's sweep(), each override key checked against get_config(ARG) unless --no_validate."""
+  path, arg = split_config_arg(a.config)
+  module = load_config_module(path)
+  runs = expand(module, a.sweep)
+  if not a.no_validate and hasattr(module, "get_config"):
+    validate(runs, module.get_config(arg) if arg is not None else module.get_config())
+  return runs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  argv = list(sys.argv[1:] if argv is None else argv)
-  extra = []
-  if "--" in argv:
-    i = argv.index("--")
-    argv, extra = argv[:i], argv[i + 1:]
-  ap = argparse.ArgumentParser(prog="python -m launch.sweep", description=__doc__.split("\n\n")[0],
-                               epilog="Arguments after `--` go to every run (common overrides). For --backend=tpu, "
-                                      "the TPU options are those of `python -m launch.tpu up`.")
-  ap.add_argument("--config", required=True, help="PATH.py[:ARG], as for effnet.main")
-  ap.add_argument("--sweep", default=None, help="name passed to the config's sweep(name)")
-  ap.add_argument("--workdir_root", "--workdir-root", required=True, help="local dir or gs://bucket/path")
-  ap.add_argument("--backend", choices=["local", "tpu"], default="local")
-  ap.add_argument("--module", default=DEFAULT_MODULE)
-  ap.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true")
-  ap.add_argument("--collect_only", "--collect-only", action="store_true", help="only (re)write results.csv/json")
-  ap.add_argument("--rerun", action="store_true", help="run even when final_metrics.json exists")
-  ap.add_argument("--stop_on_failure", "--stop-on-failure", action="store_true")
-  ap.add_argument("--no_validate", "--no-validate", action="store_true",
-                  help="do not check override keys against get_config(ARG)")
-  tpu = ap.add_argument_group("tpu backend")
-  tpu.add_argument("--tpu_name", "--tpu-name", default=None, help="slice name (or prefix with --tpu_per_run)")
-  tpu.add_argument("--tpu_per_run", "--tpu-per-run", action="store_true",
-                   help="one slice per run (NAME-<i>, created, set up, job started detached) instead of running the "
-                        "runs one after another on one existing slice")
-  tpu.add_argument("--zone", default=None)
-  tpu.add_argument("--project", default=None)
-  tpu.add_argument("--accelerator_type", "--accelerator-type", default="v4-8")
-  tpu.add_argument("--spot", action="store_true")
-  tpu.add_argument("--queued", action="store_true")
-  tpu.add_argument("--tfds_data_dir", "--tfds-data-dir", default=None)
-  tpu.add_argument("--retry_preempted", "--retry-preempted", type=int, default=0)
-  a = ap.parse_args(argv)
+  a, extra = cli.parse(_parser(), argv)
   try:
-    path, arg = split_config_arg(a.config)
-    module = load_config_module(path)
-    runs = expand(module, a.sweep)
-    if not a.no_validate and hasattr(module, "get_config"):
-      validate(runs, module.get_config(arg) if arg is not None else module.get_config())
+    runs = _load_runs(a)
+    backend = runs_lib.backend_from_args(a)
   except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return cli.fail(e)
   names = run_names(runs)
   root = a.workdir_root.rstrip("/")
   print(f"# sweep {a.sweep or '(default)'} of {a.config}: {len(runs)} runs under {root}", flush=True)
-  if a.collect_only:
-    records = collect(root, runs, names)
-    print(f"# {sum(r['status'] == 'done' for r in records)}/{len(records)} finished; wrote {root}/results.csv")
-    _report(root, records)
-    return 0
-  runner = Runner(dry_run=a.dry_run)
-  backend = Backend(a.backend, a.module, a.tpu_name, a.zone, a.project, a.accelerator_type, a.spot, a.queued,
-                    a.tfds_data_dir, a.retry_preempted, a.tpu_per_run)
-  try:
-    backend.validate()
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  status = run_all(runner, backend, a.config, root, list(zip(names, runs)), extra, a.rerun, a.stop_on_failure)
-  failed = sum(v.startswith("failed") for v in status.values())
-  if a.dry_run:
-    return 0
+  status = {}
+  if not a.collect_only:
+    codes = runs_lib.run_all(Runner(dry_run=a.dry_run), backend, a.config,
+                             runs_lib.under_root(root, list(zip(names, runs))), extra, rerun=a.rerun,
+                             stop_on_failure=a.stop_on_failure)
+    status = runs_lib.unfinished(codes)
+    if a.dry_run:
+      return 0
   records = collect(root, runs, names, status)
   done = sum(r["status"] == "done" for r in records)
   print(f"# {done}/{len(records)} finished; wrote {root}/results.csv and {root}/results.json", flush=True)
   _report(root, records)
-  return 1 if failed else 0
+  return 1 if any(v.startswith("failed") for v in status.values()) else 0
 
 
 def _report(root: str, records: Sequence[dict]) -> None:

@@ -24,7 +24,7 @@ import tempfile
 import time
 from typing import Sequence
 
-from launch import DEFAULT_MODULE, Runner
+from launch import DEFAULT_MODULE, Runner, cli
 
 GCLOUD_TPU = ["gcloud", "compute", "tpus"]
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,14 +41,20 @@ GONE_STATES = {"PREEMPTED", "TERMINATED", "STOPPED", "STOPPING", "SUSPENDED", "S
 
 
 def tpu_jax_requirement(requirements: str | None = os.path.join(REPO_ROOT, "requirements.txt")) -> str:
-  """The one place that says how JAX is installed on TPU workers: `jax[tpu]` at the version requirements.txt pins."""
+  """The one place that says how JAX is installed on TPU workers: `jax[tpu]` at the version requirements.txt pins
+  (its `tpu` extra pins the same jaxlib and the libtpu built for it). Without requirements.txt (effnet installed
+  from a wheel), the jax version installed here."""
   if requirements and os.path.exists(requirements):
     with open(requirements) as f:
       for line in f:
         m = re.match(r"^\s*jax\s*==\s*([\w.]+)", line)
         if m:
           return f"jax[tpu]=={m.group(1)}"
-  return "jax[tpu]"
+  try:
+    from importlib import metadata  # pylint: disable=g-import-not-at-top
+    return f"jax[tpu]=={metadata.version('jax')}"
+  except Exception:  # pylint: disable=broad-except  (jax not installed on the launching machine)
+    return "jax[tpu]"
 
 
 def num_hosts(accelerator_type: str) -> int:
@@ -148,14 +154,19 @@ def _and(*argvs: Sequence[str]) -> str:
   return " && ".join(shlex.join(list(a)) for a in argvs)
 
 
-def remote_install(remote_root: str, python: str = "python3.11", apt: bool = True,
+def remote_install(remote_root: str, python: str = "python3.12", apt: bool = True,
                    jax_requirement: str | None = None) -> str:
-  """Make a venv on the worker and install requirements.txt + jax[tpu] into it."""
+  """Make a Python 3.12 venv on the worker and install requirements.txt + jax[tpu] into it.
+
+  requirements.txt (jax >= 0.12) needs Python >= 3.12. The Ubuntu 22.04 TPU images ship python3.10 and their
+  archive has no python3.12, so with `apt` the deadsnakes PPA is added first (on Ubuntu 24.04 images python3.12
+  is the system Python and comes from the main archive all the same)."""
   venv = posixpath.join(remote_root, "venv")
   pip = posixpath.join(venv, "bin", "pip")
   steps = []
-  if apt:  # Ubuntu 22.04 TPU images ship python3.10; requirements need >= 3.11 (universe has python3.11)
-    steps += [["sudo", "apt-get", "-qq", "update"],
+  if apt:
+    steps += [["sudo", "DEBIAN_FRONTEND=noninteractive", "add-apt-repository", "-y", "ppa:deadsnakes/ppa"],
+              ["sudo", "apt-get", "-qq", "update"],
               ["sudo", "DEBIAN_FRONTEND=noninteractive", "apt-get", "-qq", "install", "-y", python, f"{python}-venv"]]
   steps += [[python, "-m", "venv", venv],
             [pip, "install", "-q", "-U", "pip"],
@@ -255,7 +266,7 @@ def do_create(runner: Runner, s: Slice, wait_timeout_s: float = 24 * 3600, poll_
 
 
 def do_setup(runner: Runner, s: Slice, remote_root: str = "effnet_run", git_repo: str | None = None,
-             git_ref: str | None = None, python: str = "python3.11", apt: bool = True,
+             git_ref: str | None = None, python: str = "python3.12", apt: bool = True,
              repo_root: str = REPO_ROOT) -> None:
   if git_repo:
     runner.run(s.ssh(remote_clone(remote_root, git_repo, git_ref)))
@@ -338,26 +349,16 @@ def do_up(runner: Runner, s: Slice, job: Job, setup_kw: dict, retry_preempted: i
 
 
 # ---- CLI ----
-def _add(p: argparse.ArgumentParser, name: str, **kw) -> None:
-  """Register --a_b and its --a-b spelling."""
-  names = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-  p.add_argument(*names, dest=name, **kw)
+_add = cli.add_flag
 
 
 def _parser() -> argparse.ArgumentParser:
-  ap = argparse.ArgumentParser(prog="python -m launch.tpu", description=__doc__.split("\n\n")[0],
-                               formatter_class=argparse.RawDescriptionHelpFormatter,
-                               epilog="Arguments after `--` are passed to effnet.main (e.g. --config=... overrides).")
+  ap = cli.make_parser("python -m launch.tpu", __doc__,
+                       "Arguments after `--` are passed to effnet.main (e.g. --config=... overrides).", dry_run=False)
   sub = ap.add_subparsers(dest="action", required=True)
   common = argparse.ArgumentParser(add_help=False)
   common.add_argument("name", help="TPU VM (node) name")
-  _add(common, "zone", required=True)
-  _add(common, "project", default=None)
-  _add(common, "accelerator_type", default="v4-8")
-  _add(common, "version", default=None, help="runtime version; default per generation (tpu-ubuntu2204-base for v4)")
-  _add(common, "spot", action="store_true")
-  _add(common, "preemptible", action="store_true")
-  _add(common, "queued", action="store_true", help="create through a queued resource (queued-resources create)")
+  cli.add_slice_args(common, zone_required=True)
   _add(common, "qr_id", default=None, help="queued resource id (default NAME-qr)")
   _add(common, "num_workers", type=int, default=None)
   _add(common, "remote_root", default="effnet_run", help="dir on each worker (relative to $HOME) for code/venv/logs")
@@ -367,7 +368,7 @@ def _parser() -> argparse.ArgumentParser:
   setup = argparse.ArgumentParser(add_help=False)
   _add(setup, "git_repo", default=None, help="clone this repo on the workers instead of copying the local tree")
   _add(setup, "git_ref", default=None)
-  _add(setup, "python", default="python3.11")
+  _add(setup, "python", default="python3.12")
   _add(setup, "no_apt", action="store_true", help="do not apt-get install the python interpreter")
   run = argparse.ArgumentParser(add_help=False)
   _add(run, "config", default="configs/efficientnetv2.py:s")
@@ -392,52 +393,45 @@ def _parser() -> argparse.ArgumentParser:
   return ap
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  argv = list(sys.argv[1:] if argv is None else argv)
-  extra = []
-  if "--" in argv:
-    i = argv.index("--")
-    argv, extra = argv[:i], argv[i + 1:]
-  a = _parser().parse_args(argv)
-  try:
-    s = Slice(a.name, a.zone, a.accelerator_type, a.version, a.project, a.spot, a.preemptible, a.queued, a.qr_id,
-              a.num_workers)
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  runner = Runner(dry_run=a.dry_run, log_file=a.log_file)
-  if extra and a.action not in ("run", "up"):
-    print(f"error: arguments after -- are only for run/up: {extra}", file=sys.stderr)
-    return 2
-  job = None
-  if a.action in ("run", "up"):
-    cfg = [x for x in extra if x.startswith("--config=")]
-    config = cfg[-1].split("=", 1)[1] if cfg else a.config
-    job = Job(config, a.workdir, [x for x in extra if not x.startswith("--config=")], a.module, a.tfds_data_dir,
-              a.compilation_cache_dir, a.env, a.remote_root, a.session)
+def _job(a, extra: Sequence[str]) -> Job | None:
+  """The job of `run` / `up`: a --config after `--` wins over --config."""
+  if a.action not in ("run", "up"):
+    return None
+  cfg = [x for x in extra if x.startswith("--config=")]
+  config = cfg[-1].split("=", 1)[1] if cfg else a.config
+  return Job(config, a.workdir, [x for x in extra if not x.startswith("--config=")], a.module, a.tfds_data_dir,
+             a.compilation_cache_dir, a.env, a.remote_root, a.session)
+
+
+def _act(runner: Runner, s: Slice, a, job: Job | None) -> int:
+  """Runs the sub-command; the exit status of the job for run/up, else 0 (a failed gcloud call raises)."""
   setup_kw = {}
   if a.action in ("setup", "up"):
     setup_kw = dict(git_repo=a.git_repo, git_ref=a.git_ref, python=a.python, apt=not a.no_apt)
+  actions = {
+      "create": lambda: do_create(runner, s),
+      "setup": lambda: do_setup(runner, s, remote_root=a.remote_root, **setup_kw),
+      "run": lambda: do_run(runner, s, job, a.detach),
+      "logs": lambda: do_logs(runner, s, a.remote_root, a.lines, a.follow, a.out_dir),
+      "delete": lambda: runner.run(s.delete()),
+      "up": lambda: do_up(runner, s, job, setup_kw, a.retry_preempted, a.detach, create=not a.no_create),
+  }
+  result = actions[a.action]()
+  return result if a.action in ("run", "up") else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  a, extra = cli.parse(_parser(), argv)
+  if extra and a.action not in ("run", "up"):
+    return cli.fail(f"arguments after -- are only for run/up: {extra}")
   try:
-    if a.action == "create":
-      do_create(runner, s)
-    elif a.action == "setup":
-      do_setup(runner, s, remote_root=a.remote_root, **setup_kw)
-    elif a.action == "run":
-      return do_run(runner, s, job, a.detach)
-    elif a.action == "logs":
-      do_logs(runner, s, a.remote_root, a.lines, a.follow, a.out_dir)
-    elif a.action == "delete":
-      runner.run(s.delete())
-    elif a.action == "up":
-      return do_up(runner, s, job, setup_kw, a.retry_preempted, a.detach, create=not a.no_create)
+    s = Slice(a.name, a.zone, a.accelerator_type, a.version, a.project, a.spot, a.preemptible, a.queued, a.qr_id,
+              a.num_workers)
+    return _act(Runner(dry_run=a.dry_run, log_file=a.log_file), s, a, _job(a, extra))
   except subprocess.CalledProcessError as e:
-    print(f"error: command failed with exit status {e.returncode}: {shlex.join(e.cmd)}", file=sys.stderr)
-    return e.returncode or 1
+    return cli.fail(f"command failed with exit status {e.returncode}: {shlex.join(e.cmd)}", e.returncode or 1)
   except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  return 0
+    return cli.fail(e)
 
 
 if __name__ == "__main__":

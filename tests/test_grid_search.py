@@ -10,7 +10,7 @@ from decimal import Decimal
 import pytest
 
 from launch import grid_search as gs
-from launch import sweep as sweep_lib
+from launch import runs as runs_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config.model.blocks=('r1_k3_s1_e1_i16_o16_c1','r1_k3_s2_e4_i16_o24_se0.25')",
@@ -64,7 +64,7 @@ def test_candidates_contents():
 
 def test_scaled_resolution_and_overrides():
   # 224·1.15^7 = 224·2.66002 = 595.84. The nearest multiple of 8 is 592, which is 3.84 away; 600 is 4.16 away.
-  # The official B7 table's 600 px is hand-rounded: it implies φ≈7.05 (reference §1).
+  # The official B7 table's 600 px is hand-rounded: it implies φ≈7.05 (docs/fidelity.md §1).
   assert gs.scaled_resolution(224, 1.15, 7) == 592
   assert gs.scaled_resolution(224, 1.15, 2) == 296  # 224·1.3225 = 296.24
   assert gs.scaled_resolution(32, 1.15, 1) == 40    # 36.8 -> 40
@@ -160,8 +160,8 @@ def test_tiny_search_end_to_end(tmp_path, monkeypatch, capsys):
   runs = gs.plan(gs.load_base("configs/demo.py", gs.split_extra(TINY)[0]), gs.candidates(0.2, 0.02, 1.4),
                  with_stats=False)
   runner = Runner()
-  assert sweep_lib.run_all(runner, sweep_lib.Backend(), "configs/demo.py", str(root),
-                           [(r.name, r.overrides) for r in runs], []) == {}
+  assert runs_lib.run_all(runner, runs_lib.Backend(), "configs/demo.py",
+                          runs_lib.under_root(str(root), [(r.name, r.overrides) for r in runs])) == {}
   assert runner.commands == [] and capsys.readouterr().out.count("finished, skipped") == 2
 
 

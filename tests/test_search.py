@@ -1,19 +1,23 @@
 """Architecture search: the V2 space sampler, the papers' objectives against hand-computed numbers, V2 scaling,
 and a tiny real search on the digits set (train, benchmark, rank, plot, emit a config that trains; resume)."""
 import csv
+import json
 import math
 import os
+import pathlib
 import random
+import re
+import subprocess
+import sys
 
 import pytest
 
 from effnet.models import arch
 from effnet.models.arch import BlockSpec
-from effnet.search import objectives, report, scaling
-from effnet.search import random_search
-from effnet.search import runner as runner_lib
-from effnet.search.__main__ import main as search_main
+from effnet.search import candidates, objectives, report, scaling
 from effnet.search.space import SearchSpace
+from launch import runs as runs_lib
+from launch import search as search_cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -119,10 +123,38 @@ def test_pareto_front():
   assert report.pareto_front(pts) == [0, 1, 4]
 
 
+def _flag_owners(modules):
+  """{module: [flag names]} of the absl flags defined by importing `modules` in a fresh interpreter, leaving out
+  absl's own (absl.logging defines its flags whenever anything imports it)."""
+  code = ('import importlib, json, sys\nfrom absl import flags\n'
+          'for m in sys.argv[1:]:\n  importlib.import_module(m)\n'
+          'print(json.dumps({k: [f.name for f in v] for k, v in flags.FLAGS.flags_by_module_dict().items() '
+          'if not k.startswith("absl.")}))')
+  out = subprocess.run([sys.executable, '-c', code, *modules], cwd=REPO, capture_output=True, text=True, timeout=240)
+  assert out.returncode == 0, out.stderr
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_importing_effnet_search_defines_no_flags_and_no_launch_code():
+  """effnet.search is a library: only its entry module (worker, like effnet.main) defines flags, and nothing in
+  effnet imports launch code (launch/ imports effnet, never the other way)."""
+  search_dir = os.path.join(REPO, 'effnet', 'search')
+  library = ['effnet.search'] + [f'effnet.search.{f[:-3]}' for f in sorted(os.listdir(search_dir))
+                                 if f.endswith('.py') and f not in ('__init__.py', 'worker.py')]
+  assert 'effnet.search.random_search' in library and len(library) >= 8
+  assert _flag_owners(library) == {}
+  owners = _flag_owners(['effnet.search.worker'])  # the check sees flags where there are some
+  assert 'config' in owners['effnet.main'] and 'bench_steps' in owners['effnet.search.worker']
+  launch_import = re.compile(r'^\s*(from|import) launch\b', re.M)
+  sources = [os.path.join(folder, f) for folder, _, files in os.walk(os.path.join(REPO, 'effnet'))
+             for f in files if f.endswith('.py')]
+  assert [p for p in sources if launch_import.search(pathlib.Path(p).read_text())] == []
+
+
 def test_cli_dry_run_on_tpu_slices(capsys, monkeypatch, tmp_path):
   monkeypatch.chdir(REPO)
-  rc = search_main(['--config=configs/search_space.py:tiny', '--workdir=gs://bucket/search', '--backend=tpu',
-                    '--tpu_names=s0,s1', '--zone=us-central2-b', '--dry-run', '--set', 'search.num_candidates=2'])
+  rc = search_cli.main(['--config=configs/search_space.py:tiny', '--workdir=gs://bucket/search', '--backend=tpu',
+                        '--tpu_names=s0,s1', '--zone=us-central2-b', '--dry-run', '--set', 'search.num_candidates=2'])
   assert rc == 0
   out = capsys.readouterr().out
   ssh = [line for line in out.splitlines() if line.startswith('gcloud compute tpus tpu-vm ssh')]
@@ -130,7 +162,7 @@ def test_cli_dry_run_on_tpu_slices(capsys, monkeypatch, tmp_path):
   assert {line.split()[5] for line in ssh} <= {'s0', 's1'}  # `ssh SLICE`: one worker per slice
   assert all('effnet.search.worker' in line and 'gs://bucket/search/candidates/' in line for line in ssh)
   assert sum('model.blocks=' in line for line in ssh) == 3
-  rc = search_main(['--config=configs/search_space.py:tiny', f'--workdir={tmp_path}', '--set', 'proxy.oops=1'])
+  rc = search_cli.main(['--config=configs/search_space.py:tiny', f'--workdir={tmp_path}', '--set', 'proxy.oops=1'])
   assert rc == 2
 
 
@@ -145,20 +177,20 @@ def test_tiny_search_end_to_end_resume_and_emitted_config(tmp_path, monkeypatch)
   cfg.step_time.num_steps = 2
   cfg.search.num_candidates = 2
   root = str(tmp_path / 'search')
-  launcher = runner_lib.Launcher(cfg.base_config)
+  backend = runs_lib.Backend(module=candidates.WORKER_MODULE)
 
-  first = random_search.run_search(cfg, root, launcher)
+  first = search_cli.run_search(cfg, root, backend)
   names = [r['name'] for r in first['records']]
   assert sorted(first['launched']) == sorted(names) and len(names) == 3  # reference + 2
 
   cfg.search.num_candidates = 3  # resume + extend: only the new candidate runs
-  out = random_search.run_search(cfg, root, launcher)
+  out = search_cli.run_search(cfg, root, backend)
   new = [r['name'] for r in out['records'] if r['name'] not in names]
   assert out['launched'] == new and len(new) == 1 and new[0].startswith('c0002-')
-  again = random_search.run_search(cfg, root, launcher)
+  again = search_cli.run_search(cfg, root, backend)
   assert again['launched'] == []
   wds = {r['name']: r['workdir'] for r in again['records']}
-  assert {n: runner_lib.trainings(wd) for n, wd in wds.items()} == {n: (0 if n == 'reference' else 1) for n in wds}
+  assert {n: candidates.trainings(wd) for n, wd in wds.items()} == {n: (0 if n == 'reference' else 1) for n in wds}
 
   with open(out['table']) as f:
     rows = list(csv.DictReader(f))

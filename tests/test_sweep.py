@@ -214,3 +214,75 @@ def test_summary_groups_seeds_into_mean_and_std(tmp_path):
   assert (tmp_path / "summary.csv").read_text().splitlines()[0].startswith("setting,runs,missing,eval_top1_mean")
   from launch import plot
   assert plot.plot_summary(rows, str(tmp_path / "s.png")).endswith("s.png") and (tmp_path / "s.png").stat().st_size
+
+
+# Fake entry module for the run loop's modes: records the device it was given and when it ran.
+FAKE_DEVICE_MAIN = textwrap.dedent('''
+  import json, os, sys, time
+  flags = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
+  start = time.time()
+  time.sleep(1.5)
+  os.makedirs(flags["workdir"], exist_ok=True)
+  with open(os.path.join(flags["workdir"], "final_metrics.json"), "w") as f:
+    json.dump(dict(device=os.environ.get("FAKE_DEVICE", ""), start=start, end=time.time()), f)
+''')
+
+
+def test_local_workers_get_one_device_each(env, capsys):
+  """`--devices=0,1`: two runs at a time, each seeing only its worker's device through --device_env."""
+  tmp, config = env
+  (tmp / "fake_device_main.py").write_text(FAKE_DEVICE_MAIN)
+  root = tmp / "devices"
+  argv = [f"--config={config}", "--sweep=lr", f"--workdir_root={root}", "--module=fake_device_main",
+          "--devices=0,1", "--device_env=FAKE_DEVICE"]
+  assert sweep_lib.main([*argv, "--dry-run"]) == 0
+  lines = [x for x in capsys.readouterr().out.splitlines() if "-m fake_device_main" in x]
+  assert len(lines) == 3 and all(x.startswith("env FAKE_DEVICE=") for x in lines)
+  assert sweep_lib.main(argv) == 0
+  runs = [json.loads((root / r["run"] / "final_metrics.json").read_text()) for r in _rows(root / "results.csv")]
+  assert all(m["device"] in ("0", "1") for m in runs)
+  first, second = runs[0], runs[1]
+  assert max(first["start"], second["start"]) < min(first["end"], second["end"])  # they ran at the same time
+  assert {first["device"], second["device"]} == {"0", "1"}
+
+
+def test_stop_on_failure_starts_nothing_after_a_failure(env):
+  tmp, config = env
+  root = tmp / "stop"
+  assert sweep_lib.main([f"--config={config}", "--sweep=fail", f"--workdir_root={root}", "--module=fake_main",
+                         "--stop_on_failure"]) == 1
+  assert [r["status"] for r in _rows(root / "results.csv")] == ["done", "failed (exit 5)", "missing"]
+
+
+def test_tpu_slice_per_run_dry_run(env, capsys):
+  """--tpu_per_run: run i gets its own slice NAME-i, created, set up and started detached."""
+  _, config = env
+  assert sweep_lib.main([f"--config={config}", "--sweep=lr", "--workdir_root=gs://b/sweeps/lr", "--backend=tpu",
+                         "--tpu_name=pod", "--tpu_per_run", "--spot", "--zone=us-central2-b", "--dry-run"]) == 0
+  lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("gcloud")]
+  creates = [x for x in lines if " tpu-vm create " in x]
+  assert [x.split()[5] for x in creates] == ["pod-0", "pod-1", "pod-2"] and all("--spot" in x for x in creates)
+  runs = [x for x in lines if "effnet.main" in x]
+  assert len(runs) == 3 and all("nohup" in x for x in runs) and "tpu-vm ssh pod-2" in runs[2]
+
+
+@pytest.mark.parametrize("kw, field", [
+    (dict(kind="gpu"), "backend"),
+    (dict(kind="tpu"), "tpu_names/zone"),
+    (dict(workers=0), "workers"),
+    (dict(workers=3, devices=("0",)), "devices"),
+    (dict(kind="tpu", tpu_names=("a", "b"), zone="z", tpu_per_run=True), "tpu_names"),
+    (dict(kind="tpu", tpu_names=("a",), zone="z", tpu_per_run=True, retry_preempted=1), "retry_preempted"),
+    (dict(kind="tpu", tpu_names=("a",), zone="z", devices=("0",)), "devices: only with --backend=local")])
+def test_backend_rejects_bad_settings(kw, field):
+  from launch import runs as runs_lib
+  with pytest.raises(ValueError, match=field):
+    runs_lib.Backend(**kw)
+  assert runs_lib.Backend(devices=("0", "1", "2")).slots == 3
+  assert runs_lib.Backend("tpu", tpu_names=("s0", "s1"), zone="z").slots == 2
+
+
+def test_cli_split_at_double_dash():
+  from launch import cli
+  assert cli.split_passthrough(["--a=1", "--", "--b", "--", "c"]) == (["--a=1"], ["--b", "--", "c"])
+  assert cli.split_passthrough(["--a=1"]) == (["--a=1"], [])

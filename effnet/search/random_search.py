@@ -1,5 +1,6 @@
-"""The search loop: a seeded list of N candidates from the space, each trained for the proxy budget and benchmarked
-(through runner.Launcher), then measured (params, MACs), scored (V2 reward, V1 objective), ranked and emitted.
+"""The search, less its launching: a seeded list of N candidates from the space, their runs (each trained for the
+proxy budget and benchmarked), then every candidate measured (params, MACs), scored (V2 reward, V1 objective),
+ranked and emitted. `launch.search.run_search` starts the runs in between (through launch.runs).
 
 Why random search: it is what V2 ran on its reduced space (§3.3, up to ~1000 models), it parallelises trivially,
 and with a fixed seed the candidate list is a pure function of the config, so a search resumes (and extends, with a
@@ -13,11 +14,12 @@ import json
 import math
 from typing import Sequence
 
-from effnet.search import objectives, report, scaling
-from effnet.search import runner as runner_lib
+from effnet.search import candidates as cand_lib
+from effnet.search import generated_config, objectives, report, scaling
+from effnet.search.candidates import Candidate, path
 from effnet.search.space import SearchSpace
-from effnet.search.runner import Candidate, path
 
+TOOL = 'python -m launch.search'
 SEARCH_FILE = 'search.json'
 
 
@@ -35,9 +37,9 @@ def fingerprint(cfg) -> str:
 
 
 def candidate_list(cfg, space: SearchSpace) -> list[Candidate]:
-  cands = [Candidate(-1, runner_lib.REFERENCE, space.backbone, bool(cfg.search.train_reference))]
+  cands = [Candidate(-1, cand_lib.REFERENCE, space.backbone, bool(cfg.search.train_reference))]
   for i, blocks in enumerate(space.candidates(int(cfg.search.num_candidates), int(cfg.search.seed))):
-    cands.append(Candidate(i, runner_lib.candidate_name(i, blocks), blocks, True))
+    cands.append(Candidate(i, cand_lib.candidate_name(i, blocks), blocks, True))
   return cands
 
 
@@ -79,15 +81,15 @@ def collect(cfg, search_dir: str, cands: list[Candidate], status: dict[str, str]
   macs_size = int(o.macs_image_size or model_config(cfg, cands[0].blocks).data.eval_image_size)
   records = []
   for c in cands:
-    wd = runner_lib.workdir(search_dir, c)
-    cached = runner_lib.read_json(f'{wd}/result.json') or {}
+    wd = cand_lib.workdir(search_dir, c)
+    cached = cand_lib.read_json(f'{wd}/result.json') or {}
     if cached.get('blocks') == list(c.blocks) and cached.get('macs_image_size') == macs_size:
       params, macs = cached['params'], cached['macs']
     else:
       params, macs = measure(cfg, c.blocks, macs_size)
-    metrics = runner_lib.read_json(f'{wd}/final_metrics.json') or {}
-    bench = runner_lib.read_json(f'{wd}/step_time.json') or {}
-    done = runner_lib.is_finished(wd, c.train)
+    metrics = cand_lib.read_json(f'{wd}/{cand_lib.METRICS_FILE}') or {}
+    bench = cand_lib.read_json(f'{wd}/{cand_lib.STEP_TIME_FILE}') or {}
+    done = cand_lib.is_finished(wd, c.train)
     rec = dict(name=c.name, index=c.index, is_reference=c.is_reference, blocks=tuple(c.blocks),
                status='done' if done else status.get(c.name, 'missing'), workdir=wd,
                accuracy=float(metrics.get('eval_top1', math.nan)), step_ms=float(bench.get('step_ms', math.nan)),
@@ -110,67 +112,69 @@ def collect(cfg, search_dir: str, cands: list[Candidate], status: dict[str, str]
   return report.rank(records)
 
 
+def _emit_best(cfg, root: str, best: dict, origin: dict) -> str:
+  p = f'{root}/best_config.py'
+  path(p).write_text(generated_config.config_source(
+      p, cfg.base_config, cfg.base_overrides, {'model.blocks': tuple(best['blocks'])},
+      title=f'Best architecture of the search in {root} (reward {best["reward"]:.4f}).', tool=TOOL,
+      variant=f'searched-{best["name"]}', origin=origin))
+  return p
+
+
+def _emit_scaled(cfg, root: str, best: dict, phi: float, origin: dict) -> str:
+  """scaled/phi_<φ>.py: the best architecture scaled by V2's non-uniform rule from the scaling base config."""
+  s = cfg.scaling
+  scale_base = s.base_config or cfg.base_config
+  sb = model_config(cfg, best['blocks'], scale_base)
+  sc = scaling.scale(best['blocks'], phi, base_width=float(sb.model.width_coefficient),
+                     base_depth=float(sb.model.depth_coefficient), base_image_size=int(sb.data.image_size),
+                     base_eval_image_size=int(sb.data.eval_image_size), base_dropout=float(sb.model.dropout_rate),
+                     max_image_size=int(s.max_image_size), size_multiple=int(s.size_multiple),
+                     extra_layers_per_phi=tuple(s.extra_layers_per_phi), alpha=s.alpha, beta=s.beta, gamma=s.gamma)
+  fields = {'model.blocks': sc.blocks, 'model.width_coefficient': sc.width_coefficient,
+            'model.depth_coefficient': 1.0, 'model.dropout_rate': sc.dropout_rate,
+            'data.image_size': sc.image_size, 'data.eval_image_size': sc.eval_image_size}
+  p = f'{root}/scaled/phi_{phi:g}.py'
+  path(p).write_text(generated_config.config_source(
+      p, scale_base, cfg.base_overrides, fields,
+      title=f'Searched {best["name"]} scaled to φ={phi:g} (V2 non-uniform scaling: image ≤ '
+            f'{int(s.max_image_size)} px, extra layers in the last stages).',
+      tool=TOOL, variant=f'searched-{best["name"]},phi={phi:g}', origin={**origin, 'phi': phi}))
+  return p
+
+
 def emit(cfg, search_dir: str, best: dict) -> dict[str, str]:
   """Writes best_config.py and scaled/phi_<φ>.py; returns {label: path}."""
   root = str(search_dir).rstrip('/')
   path(root).mkdir(parents=True, exist_ok=True)
-  out = {}
-  search_meta = {k: best[k] for k in ('name', 'reward', 'accuracy', 'step_ms', 'params', 'macs')}
-  p = f'{root}/best_config.py'
-  path(p).write_text(report.config_source(
-      p, cfg.base_config, tuple(cfg.base_overrides), best['blocks'], {'variant': f'searched-{best["name"]}'}, {},
-      search_meta, f'Best architecture of the search in {root} (reward {best["reward"]:.4f}).'))
-  out['best'] = p
-  s = cfg.scaling
-  if not s.enabled:
+  origin = {k: best[k] for k in ('name', 'reward', 'accuracy', 'step_ms', 'params', 'macs')}
+  out = {'best': _emit_best(cfg, root, best, origin)}
+  if not cfg.scaling.enabled:
     return out
-  scale_base = s.base_config or cfg.base_config
-  sb = model_config(cfg, best['blocks'], scale_base)
   path(f'{root}/scaled').mkdir(parents=True, exist_ok=True)
-  for phi in s.phis:
-    sc = scaling.scale(best['blocks'], float(phi), base_width=float(sb.model.width_coefficient),
-                       base_depth=float(sb.model.depth_coefficient), base_image_size=int(sb.data.image_size),
-                       base_eval_image_size=int(sb.data.eval_image_size), base_dropout=float(sb.model.dropout_rate),
-                       max_image_size=int(s.max_image_size), size_multiple=int(s.size_multiple),
-                       extra_layers_per_phi=tuple(s.extra_layers_per_phi), alpha=s.alpha, beta=s.beta,
-                       gamma=s.gamma)
-    p = f'{root}/scaled/phi_{float(phi):g}.py'
-    path(p).write_text(report.config_source(
-        p, scale_base, tuple(cfg.base_overrides), sc.blocks,
-        {'variant': f'searched-{best["name"]},phi={float(phi):g}', 'width_coefficient': sc.width_coefficient,
-         'depth_coefficient': 1.0, 'dropout_rate': sc.dropout_rate},
-        {'image_size': sc.image_size, 'eval_image_size': sc.eval_image_size},
-        {**search_meta, 'phi': float(phi)},
-        f'Searched {best["name"]} scaled to φ={float(phi):g} (V2 non-uniform scaling: image ≤ '
-        f'{int(s.max_image_size)} px, extra layers in the last stages).'))
-    out[f'phi={float(phi):g}'] = p
+  for phi in cfg.scaling.phis:
+    out[f'phi={float(phi):g}'] = _emit_scaled(cfg, root, best, float(phi), origin)
   return out
 
 
-def run_search(cfg, search_dir: str, launcher: runner_lib.Launcher | None = None, *, shard: int = 0,
-               num_shards: int = 1, collect_only: bool = False) -> dict:
-  """Runs (or resumes) the search; returns {'launched', 'records', 'best', 'table', 'plot', 'configs'}."""
+def prepare(cfg, search_dir: str, *, shard: int = 0, num_shards: int = 1,
+            check_store: bool = True) -> tuple[list[Candidate], list[Candidate]]:
+  """(every candidate, this shard's): the reference goes to shard 0, candidate i to shard i % num_shards. With
+  check_store, refuses a search dir that holds another search and records this one in it."""
   if num_shards < 1 or not 0 <= shard < num_shards:
     raise ValueError(f'shard={shard}, num_shards={num_shards}; allowed: 0 <= shard < num_shards')
-  space = SearchSpace.from_config(cfg.space)
-  cands = candidate_list(cfg, space)
+  cands = candidate_list(cfg, SearchSpace.from_config(cfg.space))
+  if check_store:
+    _check_store(str(search_dir).rstrip('/'), cfg, cands)
+  mine = [c for c in cands
+          if (c.is_reference and shard == 0) or (not c.is_reference and c.index % num_shards == shard)]
+  return cands, mine
+
+
+def write_outputs(cfg, search_dir: str, cands: list[Candidate], status: dict[str, str]) -> dict:
+  """Collects every candidate and writes results.csv (ranked), results.jsonl, pareto.png and the configs of the best;
+  returns {'records', 'best', 'table', 'plot', 'configs'}."""
   search_dir = str(search_dir).rstrip('/')
-  launcher = launcher or runner_lib.Launcher(cfg.base_config)
-  if not launcher.dry_run:
-    _check_store(search_dir, cfg, cands)
-  mine = [c for c in cands if (c.is_reference and shard == 0) or (not c.is_reference and c.index % num_shards == shard)]
-  todo = [] if collect_only else [c for c in mine if launcher.dry_run
-                                  or not runner_lib.is_finished(runner_lib.workdir(search_dir, c), c.train)]
-  for c in mine:
-    if c not in todo and not collect_only:
-      print(f'# {c.name}: finished, skipped', flush=True)
-  jobs = [(runner_lib.workdir(search_dir, c), runner_lib.run_overrides(cfg, c.blocks, search_dir),
-           runner_lib.worker_flags(cfg.step_time, c.train)) for c in todo]
-  codes = launcher.run_all(jobs)
-  status = {c.name: ('done' if rc == 0 else f'failed (exit {rc})') for c, rc in zip(todo, codes)}
-  out = {'launched': [c.name for c in todo], 'status': status}
-  if launcher.dry_run:
-    return out
   records = collect(cfg, search_dir, cands, status)
   table = f'{search_dir}/results.csv'
   path(table).write_text(report.table_csv(records))
@@ -181,5 +185,4 @@ def run_search(cfg, search_dir: str, launcher: runner_lib.Launcher | None = None
   path(plot).write_bytes(report.pareto_plot(records, f'{len(cands) - 1} candidates, seed {cfg.search.seed}'))
   best = next((r for r in records if r['rank'] != '' and not r['is_reference']), None)
   configs = emit(cfg, search_dir, best) if best is not None else {}
-  out.update(records=records, best=best, table=table, plot=plot, configs=configs)
-  return out
+  return dict(records=records, best=best, table=table, plot=plot, configs=configs)

@@ -25,10 +25,6 @@ class Scaled:
   dropout_rate: float
 
 
-def round_size(size: float, multiple: int) -> int:
-  return max(multiple, int(round(size / multiple)) * multiple)
-
-
 def extra_layers(phi: float, num_stages: int, per_phi: Sequence[float]) -> list[int]:
   """Extra layers per stage at φ: round(per_phi[j]·φ) for the last len(per_phi) stages, 0 for the others."""
   per_phi = tuple(float(x) for x in per_phi)
@@ -55,7 +51,7 @@ def scale(blocks: Sequence[str], phi: float, *, base_width: float = 1.0, base_de
               for s, e in zip(specs, extra))
   eval_base = base_eval_image_size or base_image_size
   r = gamma ** phi
-  train = min(max_image_size, round_size(base_image_size * r, size_multiple))
-  ev = min(max_image_size, round_size(eval_base * r, size_multiple))
+  train = min(max_image_size, arch.round_to_multiple(base_image_size * r, size_multiple))
+  ev = min(max_image_size, arch.round_to_multiple(eval_base * r, size_multiple))
   return Scaled(phi=float(phi), blocks=out, width_coefficient=base_width * beta ** phi, image_size=train,
                 eval_image_size=ev, dropout_rate=max(base_dropout, arch.phi_dropout(phi)))

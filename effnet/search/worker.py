@@ -7,6 +7,7 @@ on the same device, so that S in the V2 reward is measured where the candidate t
 Writes DIR/final_metrics.json (the trainer's) and DIR/step_time.json (effnet.tools.benchmark.run's dict, median step
 after warm-up). `--search_train=false` only benchmarks (the reference architecture when its accuracy is not needed).
 Each training appends a line to DIR/trainings.txt, so a resumed search can be checked for work it redid.
+Like effnet.main, this is an entry module: the only one in effnet.search that defines flags, so nothing imports it.
 """
 import json
 
@@ -14,6 +15,7 @@ from absl import app, flags, logging
 
 from effnet import main as effnet_main  # defines --config / --workdir exactly as effnet.main does
 from effnet import train
+from effnet.search.candidates import STEP_TIME_FILE, TRAININGS_FILE
 
 _TRAIN = flags.DEFINE_bool('search_train', True, 'train (and evaluate) before the benchmark')
 _STEPS = flags.DEFINE_integer('bench_steps', 20, 'timed steps per repeat')
@@ -21,9 +23,6 @@ _WARMUP = flags.DEFINE_integer('bench_warmup', 3, 'untimed steps after compilati
 _REPEATS = flags.DEFINE_integer('bench_repeats', 3, 'repeats; the median step time is reported')
 _BATCH = flags.DEFINE_integer('bench_batch', 0, 'benchmark batch (0: config.train.batch_size)')
 _SIZE = flags.DEFINE_integer('bench_image_size', 0, 'benchmark image size (0: config.data.image_size)')
-
-STEP_TIME_FILE = 'step_time.json'
-TRAININGS_FILE = 'trainings.txt'
 
 
 def _path(p):
