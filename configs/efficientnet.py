@@ -35,7 +35,7 @@ def get_config(arg=None):
 def sweep(name='lr'):
   """Override lists for launch.sweep. 'lr': base learning rate; 'scale': B0..B3 (top-1 vs FLOPs plot)."""
   if name == 'lr':
-    return [{'optim.lr_base': lr} for lr in (0.008, 0.016, 0.032)]
+    return config_lib.lr_sweep()
   if name == 'dropout':
     return [{'model.dropout_rate': r} for r in (0.1, 0.2, 0.3)]
   if name == 'se':

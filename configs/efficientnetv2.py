@@ -32,6 +32,7 @@ def get_config(arg=None):
   c.progressive.enabled = True
   for k, v in progressive.presets(a.variant, rule).items():
     c.progressive[k] = v
+  # Ends as configs/efficientnet.py does (and its sweep() below has the same form): each config file reads alone.
   if a.runlocal:
     config_lib.apply_runlocal(c)
   c.lock()
@@ -43,7 +44,7 @@ def sweep(name='stages'):
   if name == 'stages':
     return [{'progressive.enabled': False}] + [{'progressive.num_stages': m} for m in (2, 4)]
   if name == 'lr':
-    return [{'optim.lr_base': lr} for lr in (0.008, 0.016, 0.032)]
+    return config_lib.lr_sweep()
   if name == 'randaug':
     return [{'data.randaug_magnitude': m} for m in (5.0, 10.0, 15.0)]
   raise ValueError(f'sweep name {name!r}; allowed: stages, lr, randaug')

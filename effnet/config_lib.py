@@ -7,7 +7,9 @@ Configs are ml_collections ConfigDicts, locked after construction so a typo'd fi
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib.util
+import numbers
 import os
 import re
 from typing import Any, Optional
@@ -25,27 +27,16 @@ def parse_arg(arg: str | None, lazy: bool = False, **spec):
   """Parses 'b3,runlocal,res=128' into a ConfigDict typed by `spec` defaults (big_vision's convention).
 
   A bare token sets a bool spec to True or, for the first str spec, its value; key=value casts to the spec type.
+  With `lazy`, unknown keys are kept as strings (for configs that pass them on).
   """
   cfg = ml_collections.ConfigDict(dict(spec), type_safe=False)
-  if not arg:
-    return cfg
   str_keys = [k for k, v in spec.items() if isinstance(v, str)]
-  for tok in arg.split(','):
-    tok = tok.strip()
-    if not tok:
-      continue
+  for tok in filter(None, (t.strip() for t in (arg or '').split(','))):
     if '=' in tok:
-      k, v = tok.split('=', 1)
-      if k not in spec:
-        if lazy:
-          cfg[k] = v
-          continue
-        raise ValueError(f'config arg {k!r} in {arg!r}; allowed: {sorted(spec)}')
-      t = type(spec[k])
-      if spec[k] is None:  # an optional number: e.g. phi=None means "not given"
-        cfg[k] = float(v)
-      else:
-        cfg[k] = (v.lower() in ('1', 'true', 'yes')) if t is bool else t(v)
+      key, text = tok.split('=', 1)
+      if key not in spec and not lazy:
+        raise ValueError(f'config arg {key!r} in {arg!r}; allowed: {sorted(spec)}')
+      cfg[key] = _typed_arg(text, spec[key]) if key in spec else text
     elif tok in spec and isinstance(spec[tok], bool):
       cfg[tok] = True
     elif str_keys:
@@ -55,8 +46,26 @@ def parse_arg(arg: str | None, lazy: bool = False, **spec):
   return cfg
 
 
+def _typed_arg(text: str, default):
+  """'128' -> 128 for an int spec; a None spec is an optional number (e.g. phi=None means "not given")."""
+  if default is None:
+    return float(text)
+  if isinstance(default, bool):
+    return text.lower() in ('1', 'true', 'yes')
+  return type(default)(text)
+
+
+def lr_sweep() -> list[dict]:
+  """The base-LR sweep every ImageNet config offers: half, the official 0.016 and double."""
+  return [{'optim.lr_base': lr} for lr in (0.008, 0.016, 0.032)]
+
+
 def base_config() -> ml_collections.ConfigDict:
-  """Every field the trainer reads, with the v1 recipe's defaults (tensorflow/tpu, see README "Fidelity")."""
+  """Every field the trainer reads, with the v1 recipe's defaults (tensorflow/tpu, docs/fidelity.md §2).
+
+  The one source of defaults: the library reads every field straight from the config and has no fallbacks of its
+  own, so a config (or a test's) is built from this and changed, never assembled from a few fields.
+  """
   c = ml_collections.ConfigDict()
 
   c.model = ml_collections.ConfigDict(dict(
@@ -67,16 +76,17 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict(dict(
       name='imagenet2012', data_dir=config_dict.placeholder(str), manual_dir=config_dict.placeholder(str),
+      # eval_split None: 'validation' if the dataset has one, else 'test'.
       train_split='train', eval_split='validation', minival_split=config_dict.placeholder(str),
       image_size=224, eval_image_size=224,
       train_preprocess='inception_v1', eval_preprocess='center_crop_v1', crop_padding=32,
       # None: legacy bicubic for the *_v1 recipes, bilinear otherwise (as the official pipelines do).
       resize_method=config_dict.placeholder(str), flip=True, shuffle_files=True, augment='none', randaug_num_layers=2, randaug_magnitude=10.0, randaug_on_device=False,
       mixup_alpha=0.0, cutmix_alpha=0.0, normalization='imagenet', shuffle_buffer=16_384, cache=False,
-      prefetch=2))
+      prefetch=2))  # prefetch None or < 0: tf.data.AUTOTUNE
 
   c.optim = ml_collections.ConfigDict(dict(
-      lr_base=0.016, lr=config_dict.placeholder(float), warmup_epochs=5.0, decay_epochs=2.4, decay_factor=0.97,
+      lr_base=0.016, warmup_epochs=5.0, decay_epochs=2.4, decay_factor=0.97,
       schedule='exponential', rmsprop_decay=0.9, rmsprop_initial_scale=1.0, momentum=0.9, eps=1e-3,
       weight_decay=1e-5, weight_decay_rule='tpu', ema_decay=0.9999, ema_per_stage=False, label_smoothing=0.1))
 
@@ -88,7 +98,7 @@ def base_config() -> ml_collections.ConfigDict:
       compile_cache_dir=config_dict.placeholder(str), compile_ahead=True))
 
   c.progressive = ml_collections.ConfigDict(dict(
-      enabled=False, rule='code', num_stages=4, size_min=128, size_max=config_dict.placeholder(int),
+      enabled=False, rule=progressive.DEFAULT_RULE, num_stages=4, size_min=128, size_max=config_dict.placeholder(int),
       size_multiple=16, randaug_min=5.0, randaug_max=10.0, mixup_min=0.0, mixup_max=0.0, cutmix_min=0.0,
       cutmix_max=0.0, dropout_min=config_dict.placeholder(float), dropout_max=config_dict.placeholder(float),
       scale_batch=False, batch_multiple=8))
@@ -133,44 +143,173 @@ def apply_runlocal(c: ml_collections.ConfigDict) -> None:
   c.progressive.size_multiple = 8
 
 
-def _check(value, allowed, field):
-  if value not in allowed:
-    raise ValueError(f'{field}={value!r}; allowed: {tuple(allowed)}')
+# ----------------------------------------------------------------------------------------------------------------
+# Validation: the one place every field is checked, before any data loads or anything compiles. The allowed names
+# stay with the module that uses them (data.AUGMENTS, optim.SCHEDULES, progressive.RULES, ...) and are read here.
+# The library reads each field straight from the config; only its public functions that take plain values (no
+# config) keep a check of a name they dispatch on, or of a value derived at run time (batch per process, steps).
+# ----------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class _Range:
+  """The numbers a field allows: from `low` (open or closed) up to `high` (None: unbounded), and None if optional."""
+  low: Optional[float] = None
+  high: Optional[float] = None
+  low_open: bool = False
+  high_open: bool = True
+  optional: bool = False
+
+  def allows(self, value) -> bool:
+    if value is None:
+      return self.optional
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+      return False
+    above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+    below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+    return above and below
+
+  def __str__(self) -> str:
+    if self.low is None:
+      text = 'a number'
+    elif self.high is None:
+      text = f'{">" if self.low_open else ">="} {self.low:g}'
+    else:
+      text = f'{"(" if self.low_open else "["}{self.low:g}, {self.high:g}{")" if self.high_open else "]"}'
+    return f'None or {text}' if self.optional else text
+
+
+def _above(low: float, optional: bool = False) -> _Range:
+  return _Range(low, low_open=True, optional=optional)
+
+
+def _at_least(low: float, optional: bool = False) -> _Range:
+  return _Range(low, optional=optional)
+
+
+_FRACTION = _Range(0.0, 1.0)  # [0, 1)
+_OPTIONAL_FRACTION = _Range(0.0, 1.0, optional=True)
+
+_CHOICES = {
+    'model.family': models.FAMILIES, 'model.round_rule': models.arch.ROUND_RULES,
+    'model.dtype': tuple(models.DTYPES), 'model.depthwise_impl': models.DEPTHWISE_IMPLS,
+    'data.train_preprocess': data.TRAIN_PREPROCESS, 'data.eval_preprocess': data.EVAL_PREPROCESS,
+    'data.augment': data.AUGMENTS, 'data.normalization': data.NORMALIZATIONS,
+    'data.resize_method': (None,) + data.RESIZE_METHODS,  # None: per recipe (see base_config)
+    'optim.schedule': optim.SCHEDULES, 'optim.weight_decay_rule': optim.WEIGHT_DECAY_RULES,
+    'train.nan_policy': NAN_POLICIES, 'progressive.rule': progressive.RULES, 'distributed.initialize': DIST_INIT,
+}
+
+_RANGES = {
+    'model.width_coefficient': _above(0), 'model.depth_coefficient': _above(0), 'model.head_filters': _at_least(1),
+    'model.depth_divisor': _at_least(1), 'model.min_depth': _at_least(1, optional=True),
+    'model.num_classes': _at_least(0),  # 0: no classifier (features only)
+    'model.dropout_rate': _FRACTION, 'model.survival_prob': _Range(0.0, 1.0, low_open=True, high_open=False),
+    'model.bn_momentum': _FRACTION, 'model.bn_epsilon': _above(0),
+    'model.bn_group_size': _at_least(0),  # 0: statistics over the global batch
+    'model.se_ratio': _Range(0.0, 1.0, high_open=False, optional=True),
+    'data.image_size': _above(0), 'data.eval_image_size': _above(0), 'data.crop_padding': _at_least(0),
+    'data.randaug_num_layers': _at_least(0), 'data.randaug_magnitude': _at_least(0),
+    'data.mixup_alpha': _at_least(0), 'data.cutmix_alpha': _at_least(0), 'data.shuffle_buffer': _at_least(1),
+    'data.prefetch': _Range(optional=True),  # None or < 0: tf.data.AUTOTUNE
+    'optim.lr_base': _above(0), 'optim.warmup_epochs': _at_least(0), 'optim.rmsprop_decay': _FRACTION,
+    'optim.rmsprop_initial_scale': _at_least(0), 'optim.momentum': _FRACTION, 'optim.eps': _above(0),
+    'optim.weight_decay': _at_least(0), 'optim.ema_decay': _FRACTION, 'optim.label_smoothing': _FRACTION,
+    'train.batch_size': _above(0), 'train.eval_batch_size': _above(0),
+    'train.total_steps': _at_least(1, optional=True), 'train.num_train_examples': _at_least(1, optional=True),
+    'train.log_every_steps': _above(0),
+    'train.eval_every_steps': _at_least(0, optional=True),  # None or 0: once per epoch
+    'train.checkpoint_every_steps': _at_least(1), 'train.keep_checkpoints': _at_least(1),
+    'train.early_stopping_patience': _at_least(0),  # 0: off
+    'progressive.num_stages': _at_least(1), 'progressive.size_min': _above(0),
+    'progressive.size_max': _above(0, optional=True),  # None: data.image_size
+    'progressive.size_multiple': _at_least(0, optional=True),  # None or 0: sizes unrounded
+    'progressive.randaug_min': _at_least(0), 'progressive.randaug_max': _at_least(0),
+    'progressive.mixup_min': _at_least(0), 'progressive.mixup_max': _at_least(0),
+    'progressive.cutmix_min': _at_least(0), 'progressive.cutmix_max': _at_least(0),
+    'progressive.dropout_min': _OPTIONAL_FRACTION,  # None: the model keeps model.dropout_rate
+    'progressive.dropout_max': _OPTIONAL_FRACTION, 'progressive.batch_multiple': _at_least(1),
+    'distributed.num_processes': _at_least(1, optional=True),
+    'distributed.process_id': _at_least(0, optional=True), 'distributed.initialization_timeout': _above(0),
+}
+
+_FLAGS = ('model.scan_blocks', 'data.flip', 'data.shuffle_files', 'data.randaug_on_device', 'data.cache',
+         'optim.ema_per_stage', 'train.async_checkpointing', 'train.eval_ema', 'train.compile_ahead',
+         'progressive.enabled', 'progressive.scale_batch')
+
+
+def _field(c: ml_collections.ConfigDict, dotted: str):
+  section, name = dotted.split('.')
+  return c[section][name]
+
+
+def _fail(field: str, value, allowed) -> None:
+  raise ValueError(f'{field}={value!r}; allowed: {allowed}')
+
+
+def _check_blocks(blocks) -> None:
+  """Parses every block string (BlockSpec.decode names the bad token and the format)."""
+  if not blocks:
+    _fail('model.blocks', blocks, 'a non-empty sequence of block strings such as "r1_k3_s11_e1_i32_o16_se0.25"')
+  for block in blocks:
+    if isinstance(block, models.arch.BlockSpec):
+      block.validate()
+    else:
+      models.arch.BlockSpec.decode(block)
+
+
+def _check_data_name(name) -> None:
+  """Only a non-empty string can name a tfds dataset; whether tfds knows it is asked when the builder loads."""
+  if not isinstance(name, str) or not name:
+    _fail('data.name', name, "a tfds dataset name, e.g. 'digits' (built in) or 'imagenet2012'")
+
+
+def _check_optim_relations(o: ml_collections.ConfigDict) -> None:
+  if o.schedule == 'exponential':  # the staircase divides by decay_epochs and takes log(decay_factor)
+    for name in ('decay_epochs', 'decay_factor'):
+      if not _above(0).allows(o[name]):
+        _fail(f'optim.{name}', o[name], '> 0 for optim.schedule=exponential')
+
+
+def _check_train_relations(c: ml_collections.ConfigDict) -> None:
+  t = c.train
+  if t.total_steps is None and not _above(0).allows(t.num_epochs):
+    _fail('train.num_epochs', t.num_epochs, '> 0 when train.total_steps is None')
+  if t.early_stopping_patience > 0 and not c.data.minival_split:
+    _fail('data.minival_split', c.data.minival_split,
+          'a split such as "train[:25022]" when train.early_stopping_patience > 0')
+
+
+def _check_progressive_relations(c: ml_collections.ConfigDict) -> None:
+  """What the stage schedule needs of its fields together; checked when the schedule is built (enabled)."""
+  p = c.progressive
+  if not p.enabled:
+    return
+  final = c.data.image_size if p.size_max is None else p.size_max
+  if p.size_min > final:
+    _fail('progressive.size_min', p.size_min,
+          f'<= the final size {final} (progressive.size_max, or data.image_size when it is None)')
+  if p.rule == 'paper' and (p.dropout_min is None) != (p.dropout_max is None):
+    _fail('progressive.dropout_min', p.dropout_min,
+          f'set together with progressive.dropout_max (={p.dropout_max!r}) for progressive.rule=paper, or both None')
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-  """Checks every enumerated or bounded field before anything is built or compiled."""
-  models.build_model(c.model)  # validates blocks, widths, rounding, survival, dtype, dropout, classes, BN groups
-  _check(c.model.family, models.FAMILIES, 'model.family')
-  _check(c.data.train_preprocess, data.TRAIN_PREPROCESS, 'data.train_preprocess')
-  _check(c.data.eval_preprocess, data.EVAL_PREPROCESS, 'data.eval_preprocess')
-  _check(c.data.augment, data.AUGMENTS, 'data.augment')
-  _check(c.data.normalization, data.NORMALIZATIONS, 'data.normalization')
-  _check(c.data.resize_method, (None,) + data.RESIZE_METHODS, 'data.resize_method')
-  _check(c.optim.schedule, optim.SCHEDULES, 'optim.schedule')
-  _check(c.optim.weight_decay_rule, optim.WEIGHT_DECAY_RULES, 'optim.weight_decay_rule')
-  _check(c.train.nan_policy, NAN_POLICIES, 'train.nan_policy')
-  _check(c.distributed.initialize, DIST_INIT, 'distributed.initialize')
-  _check(c.progressive.rule, progressive.RULES, 'progressive.rule')
-  positive = {'train.batch_size': c.train.batch_size, 'train.eval_batch_size': c.train.eval_batch_size,
-              'data.image_size': c.data.image_size, 'data.eval_image_size': c.data.eval_image_size,
-              'model.width_coefficient': c.model.width_coefficient,
-              'model.depth_coefficient': c.model.depth_coefficient, 'train.log_every_steps': c.train.log_every_steps}
-  for field, v in positive.items():
-    if v is None or v <= 0:
-      raise ValueError(f'{field}={v!r}; allowed: > 0')
-  nonneg = {'optim.weight_decay': c.optim.weight_decay, 'optim.label_smoothing': c.optim.label_smoothing,
-            'data.mixup_alpha': c.data.mixup_alpha, 'data.cutmix_alpha': c.data.cutmix_alpha,
-            'data.randaug_magnitude': c.data.randaug_magnitude, 'optim.warmup_epochs': c.optim.warmup_epochs}
-  for field, v in nonneg.items():
-    if v < 0:
-      raise ValueError(f'{field}={v!r}; allowed: >= 0')
-  if not 0.0 <= c.optim.ema_decay < 1.0:
-    raise ValueError(f'optim.ema_decay={c.optim.ema_decay}; allowed: [0, 1)')
-  if not 0.0 <= c.optim.label_smoothing < 1.0:
-    raise ValueError(f'optim.label_smoothing={c.optim.label_smoothing}; allowed: [0, 1)')
-  if c.train.total_steps is None and (c.train.num_epochs is None or c.train.num_epochs <= 0):
-    raise ValueError('train.num_epochs must be > 0 when train.total_steps is not set')
+  """Checks every field of a config before anything is built, loaded or compiled; raises ValueError naming the
+  field, its value and the allowed values. Strings that only the dataset can judge (splits, paths) are left to tfds.
+  """
+  for field, allowed in _CHOICES.items():
+    if _field(c, field) not in allowed:
+      _fail(field, _field(c, field), tuple(allowed))
+  for field, allowed in _RANGES.items():
+    if not allowed.allows(_field(c, field)):
+      _fail(field, _field(c, field), allowed)
+  for field in _FLAGS:
+    if not isinstance(_field(c, field), bool):
+      _fail(field, _field(c, field), '(True, False)')
+  _check_blocks(c.model.blocks)
+  _check_data_name(c.data.name)
+  _check_optim_relations(c.optim)
+  _check_train_relations(c)
+  _check_progressive_relations(c)
 
 
 def split_config_spec(spec: str) -> tuple[str, Optional[str]]:

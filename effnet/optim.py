@@ -1,7 +1,7 @@
 """Optimizer, learning-rate schedule, weight decay and EMA of the official EfficientNet recipe, in optax.
 
 Why a module of its own: the published EfficientNet v1/v2 numbers depend on details that the usual optax / Keras /
-PyTorch defaults get wrong (see shared/reference/efficientnet_official.md §4 and Traps 3, 8, 9), so each one is pinned
+PyTorch defaults get wrong (docs/fidelity.md §2), so each one is pinned
 here once and tested against the TF formulas:
 
 * TF1 ``RMSPropOptimizer``: the mean-square slot starts at **1** (not 0), eps sits **inside** the sqrt, and the learning
@@ -54,15 +54,10 @@ def rmsprop_tf(learning_rate: ScalarOrSchedule, decay: float = 0.9, momentum: fl
   ``initial_scale`` is the mean-square slot's start value: 1.0 in TF1 (the official recipe). With gradients far below
   1 it divides the first few dozen updates by ~1 instead of by their RMS, a slow start that 350 epochs never notice
   and a run of a few hundred steps does (``optim.rmsprop_initial_scale``; README "The demo" measures 0 against 1).
+
+  The arguments' ranges are those of optim.rmsprop_decay, optim.momentum, optim.eps and optim.rmsprop_initial_scale,
+  checked by ``config_lib.validate``.
   """
-  if not 0.0 <= decay < 1.0:
-    raise ValueError(f'optim.rmsprop_decay must be in [0, 1), got {decay!r}')
-  if not 0.0 <= momentum < 1.0:
-    raise ValueError(f'optim.momentum must be in [0, 1), got {momentum!r}')
-  if not eps > 0.0:
-    raise ValueError(f'optim.eps must be > 0, got {eps!r}')
-  if not initial_scale >= 0.0:
-    raise ValueError(f'optim.rmsprop_initial_scale must be >= 0, got {initial_scale!r}')
   return optax.chain(
       optax.scale_by_rms(decay=decay, eps=eps, initial_scale=initial_scale, eps_in_sqrt=True, bias_correction=False),
       optax.scale_by_learning_rate(learning_rate),  # multiplies by -lr_t (flip_sign) before the trace: lr inside.
@@ -87,19 +82,17 @@ def lr_schedule(base_lr: float, steps_per_epoch: float, warmup_epochs: float = 5
   Then, while ``step < warmup_steps = int(warmup_epochs * steps_per_epoch)``, the value is *replaced* by
   ``base_lr * step / warmup_steps``. ``steps_per_epoch`` is a float (n_train / global_batch), as in the official code.
   Returned in float32 like TF (the decay power is taken as exp(p*log f), more accurate than a float32 pow).
+  The config fields' ranges (warmup, decay) are checked by ``config_lib.validate``.
   """
+  # A wrong name would silently give the constant branch, and notebooks call this without a config: the one check
+  # of the name it dispatches on.
   if schedule not in SCHEDULES:
-    raise ValueError(f'optim.schedule must be one of {SCHEDULES}, got {schedule!r}')
+    raise ValueError(f'optim.schedule={schedule!r}; allowed: {SCHEDULES}')
+  # Both come from the dataset size, which config_lib.validate cannot see.
   if not steps_per_epoch > 0:
-    raise ValueError(f'steps_per_epoch must be > 0, got {steps_per_epoch!r}')
-  if warmup_epochs < 0:
-    raise ValueError(f'optim.warmup_epochs must be >= 0, got {warmup_epochs!r}')
-  if schedule == 'exponential' and not decay_epochs > 0:
-    raise ValueError(f'optim.decay_epochs must be > 0 for schedule "exponential", got {decay_epochs!r}')
-  if schedule == 'exponential' and not decay_factor > 0:
-    raise ValueError(f'optim.decay_factor must be > 0, got {decay_factor!r}')
+    raise ValueError(f'steps_per_epoch={steps_per_epoch!r}; allowed: > 0')
   if schedule == 'cosine' and not (total_steps and total_steps > 0):
-    raise ValueError(f'total_steps must be a positive int for optim.schedule="cosine", got {total_steps!r}')
+    raise ValueError(f'total_steps={total_steps!r}; allowed: > 0 for optim.schedule=cosine')
 
   base_lr = float(base_lr)
   warmup_steps = int(warmup_epochs * steps_per_epoch)
@@ -162,8 +155,10 @@ def weight_decay_mask(params, rule: str = 'tpu'):
     that is every leaf whose *leaf name* contains bias/scale/gamma/beta (BN scale+bias, conv/dense biases).
   * ``'kernels'`` (automl main_tf2.py, regex ``.*(kernel|weight):0$``): only leaves named 'kernel' or 'weight'.
   """
+  # A wrong name would silently decay like 'kernels', and the train step calls this with a plain value: the one
+  # check of the name it dispatches on.
   if rule not in WEIGHT_DECAY_RULES:
-    raise ValueError(f'optim.weight_decay_rule must be one of {WEIGHT_DECAY_RULES}, got {rule!r}')
+    raise ValueError(f'optim.weight_decay_rule={rule!r}; allowed: {WEIGHT_DECAY_RULES}')
 
   def decide(path, _):
     names = _path_names(path)
@@ -232,44 +227,27 @@ def ema_update(ema_tree, new_tree, step, decay: float):
 # ----------------------------------------------------------------------------------------------------------------------
 # From config
 # ----------------------------------------------------------------------------------------------------------------------
-def _get(cfg, name: str, default):
-  if hasattr(cfg, 'get'):
-    v = cfg.get(name, default)
-  else:
-    v = getattr(cfg, name, default)
-  return default if v is None else v
-
-
 def build_optimizer(optim_cfg, global_batch: int, steps_per_epoch: float, total_steps: int | None,
                     lr_scale: Union[float, Callable[[Any], Any]] = 1.0):
-  """Returns ``(tx, schedule)`` from ``config.optim``; ``lr = lr_base * global_batch / 256``.
+  """Returns ``(tx, schedule)`` from a whole, validated ``config.optim``; ``lr = lr_base * global_batch / 256``.
 
-  Reads lr_base (0.016), warmup_epochs (5), decay_epochs (2.4), decay_factor (0.97), schedule ('exponential'),
-  rmsprop_decay (0.9), momentum (0.9), eps (1e-3); missing fields take these defaults. ``weight_decay`` and
-  ``weight_decay_rule`` are NOT part of ``tx`` (coupled L2 goes in the loss: :func:`weight_decay_mask`,
-  :func:`l2_loss`); the rule is validated here so a typo fails before training starts.
+  Reads lr_base, warmup_epochs, decay_epochs, decay_factor, schedule, rmsprop_decay, momentum, eps and
+  rmsprop_initial_scale straight from the config (their defaults are ``config_lib.base_config``'s, their checks
+  ``config_lib.validate``'s). ``weight_decay`` and ``weight_decay_rule`` are NOT part of ``tx`` (coupled L2 goes in
+  the loss: :func:`weight_decay_mask`, :func:`l2_loss`).
   ``lr_scale``: a float or a jit-safe function of the step (e.g. ``progressive.lr_scale_schedule``) multiplying the
   schedule, for per-stage batch sizes. The returned schedule includes it (log it as the effective LR).
   """
-  if global_batch <= 0:
-    raise ValueError(f'train.batch_size must be > 0, got {global_batch!r}')
-  rule = _get(optim_cfg, 'weight_decay_rule', 'tpu')
-  if rule not in WEIGHT_DECAY_RULES:
-    raise ValueError(f'optim.weight_decay_rule must be one of {WEIGHT_DECAY_RULES}, got {rule!r}')
-  base_lr = float(_get(optim_cfg, 'lr_base', 0.016)) * global_batch / 256.0
+  base_lr = float(optim_cfg.lr_base) * global_batch / 256.0
   sched = lr_schedule(
-      base_lr, steps_per_epoch,
-      warmup_epochs=_get(optim_cfg, 'warmup_epochs', 5),
-      decay_epochs=_get(optim_cfg, 'decay_epochs', 2.4),
-      decay_factor=_get(optim_cfg, 'decay_factor', 0.97),
-      schedule=_get(optim_cfg, 'schedule', 'exponential'),
-      total_steps=total_steps)
+      base_lr, steps_per_epoch, warmup_epochs=optim_cfg.warmup_epochs, decay_epochs=optim_cfg.decay_epochs,
+      decay_factor=optim_cfg.decay_factor, schedule=optim_cfg.schedule, total_steps=total_steps)
   if callable(lr_scale):
     base_sched = sched
     sched = lambda step: base_sched(step) * jnp.asarray(lr_scale(step), jnp.float32)  # noqa: E731
   elif float(lr_scale) != 1.0:
     base_sched, factor = sched, float(lr_scale)
     sched = lambda step: base_sched(step) * factor  # noqa: E731
-  tx = rmsprop_tf(sched, decay=_get(optim_cfg, 'rmsprop_decay', 0.9), momentum=_get(optim_cfg, 'momentum', 0.9),
-                  eps=_get(optim_cfg, 'eps', 1e-3), initial_scale=_get(optim_cfg, 'rmsprop_initial_scale', 1.0))
+  tx = rmsprop_tf(sched, decay=optim_cfg.rmsprop_decay, momentum=optim_cfg.momentum, eps=optim_cfg.eps,
+                  initial_scale=optim_cfg.rmsprop_initial_scale)
   return tx, sched

@@ -6,7 +6,7 @@ on it without TensorFlow or device state. The trainer rebuilds its input pipelin
 boundaries; this module only says what each stage is.
 
 Two rules (``config.progressive.rule``), because the paper and the released code disagree
-(shared/reference/efficientnet_official.md §5, Trap 12):
+(docs/fidelity.md §4 and §8):
 
 * ``'paper'`` (P2 Algorithm 1 / Table 6): stage i of M uses ``S_i = S0 + (Se - S0) * i / (M - 1)`` and every
   regularization ``r_i = r0 + (re - r0) * i / (M - 1)``, including the head dropout; stage 0 trains at S0 = 128.
@@ -23,10 +23,10 @@ In both rules stage i ends at ``int((i + 1) / M * total_steps)`` (the reference'
 stage at the final (max) values. The last stage always trains at exactly the target size (``size_max``, or the
 ``train_size`` argument when ``size_max`` is None), never rounded, since the train/eval size ratio is tuned for it.
 
-Size rounding (``size_multiple``, default 16): the other stages are rounded to the *nearest* multiple (half up),
-clamped to [size_multiple, target]. 16 keeps every stage's feature maps integer through 4 stride-2 levels and
-shapes tile-friendly on TPU. With ``size_multiple`` 0/None the sizes are unrounded: the 'code' rule then reproduces the
-reference exactly (int() truncation, S 171/214/257/300) and 'paper' rounds to the nearest integer.
+Size rounding (``size_multiple``, default 16): the other stages are rounded to the *nearest* multiple (half up,
+``arch.round_to_multiple``), clamped to [size_multiple, target]. 16 keeps every stage's feature maps integer through
+4 stride-2 levels and shapes tile-friendly on TPU. With ``size_multiple`` 0/None the sizes are unrounded: the 'code'
+rule then reproduces the reference exactly (int() truncation, S 171/214/257/300) and 'paper' rounds to the nearest integer.
 :func:`presets` sets 0 for 'code' (exact reference) and 16 for 'paper'.
 
 Optional per-stage batch (``scale_batch``): ``batch_i = base * (Se / S_i)**2`` floored to a multiple of
@@ -43,30 +43,11 @@ from typing import Any, Callable
 import jax.numpy as jnp
 import numpy as np
 
-RULES = ('paper', 'code')
-DEFAULT_RULE = 'code'
-VARIANTS = ('s', 'm', 'l', 'xl', 'b0', 'b1', 'b2', 'b3')
-PAPER_VARIANTS = ('s', 'm', 'l')
+from effnet.models import arch
 
-# Field names and defaults under config.progressive (the defaults are the 'code' rule for V2-S).
-DEFAULTS = dict(
-    enabled=False,
-    num_stages=4,
-    rule=DEFAULT_RULE,
-    size_min=128,  # S0 ('paper'); ibase ('code')
-    size_max=None,  # Se; None = the train_size argument (config.data.image_size)
-    randaug_min=5.0,
-    randaug_max=10.0,
-    mixup_min=0.0,
-    mixup_max=0.0,
-    cutmix_min=0.0,
-    cutmix_max=0.0,
-    dropout_min=None,  # None = do not schedule dropout (model keeps config.model.dropout_rate)
-    dropout_max=None,
-    size_multiple=16,
-    scale_batch=False,
-    batch_multiple=8,
-)
+RULES = ('paper', 'code')
+DEFAULT_RULE = 'code'  # config_lib.base_config's progressive.rule, and presets' rule when none is given
+VARIANTS = tuple(arch.V2_TABLE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,55 +67,6 @@ class Stage:
   batch_size: int
 
 
-def _get(cfg, name: str) -> Any:
-  default = DEFAULTS[name]
-  if cfg is None:
-    return default
-  if isinstance(cfg, dict):
-    return cfg.get(name, default)
-  if hasattr(cfg, 'get'):  # ml_collections.ConfigDict
-    try:
-      return cfg.get(name, default)
-    except (KeyError, AttributeError):
-      return default
-  return getattr(cfg, name, default)
-
-
-def validate(prog_cfg) -> None:
-  """Raises ValueError naming the ``progressive.*`` field for bad values."""
-  m = _get(prog_cfg, 'num_stages')
-  if not isinstance(m, (int, np.integer)) or isinstance(m, bool) or m < 1:
-    raise ValueError(f'progressive.num_stages must be an int >= 1, got {m!r}')
-  rule = _get(prog_cfg, 'rule')
-  if rule not in RULES:
-    raise ValueError(f'progressive.rule must be one of {RULES}, got {rule!r}')
-  smin, smax = _get(prog_cfg, 'size_min'), _get(prog_cfg, 'size_max')
-  if smin is None or smin <= 0:
-    raise ValueError(f'progressive.size_min must be > 0, got {smin!r}')
-  if smax is not None and smax < smin:
-    raise ValueError(f'progressive.size_min ({smin}) must be <= progressive.size_max ({smax})')
-  for name in ('randaug', 'mixup', 'cutmix', 'dropout'):
-    for end in ('min', 'max'):
-      field = f'{name}_{end}'
-      v = _get(prog_cfg, field)
-      if v is None and name == 'dropout':
-        continue
-      if v is None or v < 0:
-        raise ValueError(f'progressive.{field} must be >= 0, got {v!r}')
-      if name == 'dropout' and v >= 1:
-        raise ValueError(f'progressive.{field} must be in [0, 1), got {v!r}')
-  dmin, dmax = _get(prog_cfg, 'dropout_min'), _get(prog_cfg, 'dropout_max')
-  if rule == 'paper' and (dmin is None) != (dmax is None):
-    raise ValueError('progressive.dropout_min and progressive.dropout_max must both be set or both be None '
-                     f'for rule "paper", got {dmin!r} and {dmax!r}')
-  mult = _get(prog_cfg, 'size_multiple')
-  if mult is not None and mult < 0:
-    raise ValueError(f'progressive.size_multiple must be >= 0 or None, got {mult!r}')
-  bm = _get(prog_cfg, 'batch_multiple')
-  if bm is None or bm < 1:
-    raise ValueError(f'progressive.batch_multiple must be >= 1, got {bm!r}')
-
-
 def _linspace(lo: float, hi: float, i: int, m: int) -> float:
   if m == 1:
     return float(hi)
@@ -148,54 +80,51 @@ def _stage_size(rule: str, s0: int, se: int, i: int, m: int, mult: int | None) -
     raw = s0 + (se - s0) * i / (m - 1)  # multiply first: 128 + 252*2/3 is exactly 296.0
   else:
     raw = s0 + (se - s0) * (float(i + 1) / float(m))  # the reference's float expression
-  if mult:
-    size = int(mult * math.floor(raw / mult + 0.5))
-    return max(int(mult), min(size, int(se)))
+  if mult:  # nearest multiple, clamped to [mult, target]
+    return max(int(mult), min(arch.round_to_multiple(raw, mult), int(se)))
   return int(math.floor(raw + 0.5)) if rule == 'paper' else int(raw)
+
+
+def _stage_dropout(prog_cfg, i: int, m: int) -> float | None:
+  """'paper' ramps dropout_min -> dropout_max; 'code' computes a ramp and deletes it (the reference), so the model
+  keeps its rate, or dropout_max when that is set. None: keep config.model.dropout_rate."""
+  if prog_cfg.rule == 'paper':
+    return None if prog_cfg.dropout_min is None else _linspace(prog_cfg.dropout_min, prog_cfg.dropout_max, i, m)
+  return None if prog_cfg.dropout_max is None else float(prog_cfg.dropout_max)
+
+
+def _stage_batch(base_batch_size: int, size: int, final_size: int, prog_cfg) -> int:
+  """With scale_batch, base * (Se / Si)**2 floored to a multiple of batch_multiple and never below the base."""
+  if not prog_cfg.scale_batch or size >= final_size:
+    return int(base_batch_size)
+  batch = (base_batch_size * final_size * final_size) // (size * size)  # exact integer floor of base*(Se/Si)^2
+  multiple = int(prog_cfg.batch_multiple)
+  return int(max(base_batch_size, batch // multiple * multiple))
 
 
 def build_stages(prog_cfg, total_steps: int, train_size: int, base_batch_size: int) -> list[Stage]:
   """All stages for a run of ``total_steps`` global steps.
 
-  ``train_size`` is the final training image size (config.data.image_size), used when ``progressive.size_max`` is
-  None; ``base_batch_size`` is config.train.batch_size (the batch of the last stage).
+  ``prog_cfg`` is a whole ``config.progressive`` whose fields ``config_lib.validate`` has checked (including
+  size_min <= the final size). ``train_size`` is the final training image size (config.data.image_size), used when
+  ``progressive.size_max`` is None; ``base_batch_size`` is config.train.batch_size (the batch of the last stage).
   """
-  validate(prog_cfg)
+  # total_steps comes from the dataset size, which config_lib.validate cannot see: < 1 would give only empty stages.
   if total_steps < 1:
-    raise ValueError(f'total_steps must be >= 1, got {total_steps!r}')
-  if base_batch_size < 1:
-    raise ValueError(f'train.batch_size must be >= 1, got {base_batch_size!r}')
-  m = int(_get(prog_cfg, 'num_stages'))
-  rule = _get(prog_cfg, 'rule')
-  s0 = int(_get(prog_cfg, 'size_min'))
-  se = _get(prog_cfg, 'size_max')
-  se = int(train_size if se is None else se)
-  if se < s0:
-    raise ValueError(f'progressive.size_min ({s0}) must be <= the final size (progressive.size_max or '
-                     f'data.image_size = {se})')
-  mult = _get(prog_cfg, 'size_multiple')
-  scale_batch = bool(_get(prog_cfg, 'scale_batch'))
-  batch_multiple = int(_get(prog_cfg, 'batch_multiple'))
-  dmin, dmax = _get(prog_cfg, 'dropout_min'), _get(prog_cfg, 'dropout_max')
-
+    raise ValueError(f'total_steps={total_steps!r}; allowed: >= 1')
+  m = int(prog_cfg.num_stages)
+  final_size = int(train_size if prog_cfg.size_max is None else prog_cfg.size_max)
   stages, start = [], 0
   for i in range(m):
     end = int(float(i + 1) / float(m) * total_steps)
-    size = _stage_size(rule, s0, se, i, m, mult)
-    if rule == 'paper':
-      dropout = None if dmin is None else _linspace(dmin, dmax, i, m)
-    else:  # the reference computes a dropout list and deletes it: the model keeps its rate.
-      dropout = None if dmax is None else float(dmax)
-    batch = base_batch_size
-    if scale_batch and size < se:
-      batch = (base_batch_size * se * se) // (size * size)  # exact integer floor of base*(Se/Si)^2
-      batch = max(base_batch_size, batch // batch_multiple * batch_multiple)
+    size = _stage_size(prog_cfg.rule, int(prog_cfg.size_min), final_size, i, m, prog_cfg.size_multiple)
     stages.append(Stage(
         index=i, start_step=start, end_step=end, image_size=size,
-        randaug_magnitude=_linspace(_get(prog_cfg, 'randaug_min'), _get(prog_cfg, 'randaug_max'), i, m),
-        mixup_alpha=_linspace(_get(prog_cfg, 'mixup_min'), _get(prog_cfg, 'mixup_max'), i, m),
-        cutmix_alpha=_linspace(_get(prog_cfg, 'cutmix_min'), _get(prog_cfg, 'cutmix_max'), i, m),
-        dropout_rate=dropout, batch_size=int(batch)))
+        randaug_magnitude=_linspace(prog_cfg.randaug_min, prog_cfg.randaug_max, i, m),
+        mixup_alpha=_linspace(prog_cfg.mixup_min, prog_cfg.mixup_max, i, m),
+        cutmix_alpha=_linspace(prog_cfg.cutmix_min, prog_cfg.cutmix_max, i, m),
+        dropout_rate=_stage_dropout(prog_cfg, i, m),
+        batch_size=_stage_batch(base_batch_size, size, final_size, prog_cfg)))
     start = end
   return stages
 
@@ -243,26 +172,13 @@ def stage_overrides(stage: Stage) -> dict[str, Any]:
   return out
 
 
-# (train size, RandAugment max, mixup = cutmix alpha, model dropout) from AML effnetv2_configs.py (reference §2).
-_CODE_TABLE = {
-    's': (300, 10.0, 0.0, 0.2),
-    'm': (384, 15.0, 0.2, 0.3),
-    'l': (384, 20.0, 0.5, 0.4),
-    'xl': (384, 20.0, 0.5, 0.4),
-    # B-variants train with AutoAugment ('effnetv1_autoaug'), so the RandAugment list linspace(5, 0, 4) is unused;
-    # it is kept as the reference computes it.
-    'b0': (192, 0.0, 0.0, 0.2),
-    'b1': (192, 0.0, 0.0, 0.2),
-    'b2': (208, 0.0, 0.0, 0.3),
-    'b3': (240, 0.0, 0.0, 0.3),
-}
-
 # P2 Table 6: (size min, size max, RA min, RA max, mixup max, dropout min, dropout max).
 _PAPER_TABLE = {
     's': (128, 300, 5.0, 15.0, 0.0, 0.1, 0.3),
     'm': (128, 380, 5.0, 20.0, 0.2, 0.1, 0.4),
     'l': (128, 380, 5.0, 25.0, 0.4, 0.1, 0.5),
 }
+PAPER_VARIANTS = tuple(_PAPER_TABLE)
 
 
 def _normalize_variant(variant: str) -> str:
@@ -273,26 +189,42 @@ def _normalize_variant(variant: str) -> str:
   return v
 
 
+def _paper_preset(v: str) -> dict[str, Any]:
+  s0, se, ra0, ra1, mix, d0, d1 = _PAPER_TABLE[v]
+  return dict(rule='paper', num_stages=4, size_min=s0, size_max=se, randaug_min=ra0, randaug_max=ra1,
+              mixup_min=0.0, mixup_max=mix, cutmix_min=0.0, cutmix_max=0.0, dropout_min=d0, dropout_max=d1,
+              size_multiple=16)
+
+
+def _code_preset(v: str) -> dict[str, Any]:
+  """AML main.py run on the variant's row of arch.V2_TABLE (effnetv2_configs.py): sizes from 128 to its train size,
+  RandAugment from 5 to its magnitude, mixup = cutmix from 0 to its alpha, its dropout not scheduled.
+
+  B-variants train with AutoAugment ('effnetv1_autoaug'), so their RandAugment ramp linspace(5, 0, 4) is unused; it
+  is kept as the reference computes it.
+  """
+  _, _, _, train_size, _, dropout, randaug, mix = arch.V2_TABLE[v]
+  return dict(rule='code', num_stages=4, size_min=128, size_max=train_size, randaug_min=5.0,
+              randaug_max=float(randaug), mixup_min=0.0, mixup_max=mix, cutmix_min=0.0, cutmix_max=mix,
+              dropout_min=dropout, dropout_max=dropout, size_multiple=0)
+
+
 def presets(variant: str, rule: str = DEFAULT_RULE) -> dict[str, Any]:
   """config.progressive values for a V2 variant ('s', 'm', 'l', 'xl', 'b0'..'b3'; 'efficientnetv2-s' also accepted).
 
   'paper' = P2 Table 6 (S, M, L only; the paper gives no schedule for XL / B0-B3); 'code' = the AML per-model
   config run through AML main.py. Does not include ``enabled``, ``scale_batch`` or ``batch_multiple``.
   """
+  # Configs call this with plain values before config_lib.validate runs, and a wrong rule would silently take the
+  # 'code' branch: the one check of the names it dispatches on.
   if rule not in RULES:
-    raise ValueError(f'progressive.rule must be one of {RULES}, got {rule!r}')
+    raise ValueError(f'progressive.rule={rule!r}; allowed: {RULES}')
   v = _normalize_variant(variant)
   if v not in VARIANTS:
-    raise ValueError(f'model.variant must be one of {VARIANTS} for progressive presets, got {variant!r}')
-  if rule == 'paper':
-    if v not in PAPER_VARIANTS:
-      raise ValueError(f'model.variant must be one of {PAPER_VARIANTS} for progressive.rule="paper" (P2 Table 6); '
-                       f'got {variant!r}; use progressive.rule="code"')
-    s0, se, ra0, ra1, mix, d0, d1 = _PAPER_TABLE[v]
-    return dict(rule='paper', num_stages=4, size_min=s0, size_max=se, randaug_min=ra0, randaug_max=ra1,
-                mixup_min=0.0, mixup_max=mix, cutmix_min=0.0, cutmix_max=0.0, dropout_min=d0, dropout_max=d1,
-                size_multiple=16)
-  size, ra, mix, dp = _CODE_TABLE[v]
-  return dict(rule='code', num_stages=4, size_min=128, size_max=size, randaug_min=5.0, randaug_max=ra,
-              mixup_min=0.0, mixup_max=mix, cutmix_min=0.0, cutmix_max=mix, dropout_min=dp, dropout_max=dp,
-              size_multiple=0)
+    raise ValueError(f'model.variant={variant!r} for progressive presets; allowed: {VARIANTS}')
+  if rule == 'code':
+    return _code_preset(v)
+  if v not in PAPER_VARIANTS:
+    raise ValueError(f"model.variant={variant!r} for progressive.rule='paper' (P2 Table 6); allowed: "
+                     f"{PAPER_VARIANTS}, or progressive.rule='code'")
+  return _paper_preset(v)

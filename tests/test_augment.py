@@ -68,14 +68,6 @@ def test_shear_moves_points_by_level(img, axis):
   assert (out == ref).all(axis=-1).mean() > 0.995
 
 
-def test_flip_in_resize_matrix_matches_tf_resize_and_flip(img):
-  crop = tf.constant(img[10:90, 5:70])
-  m = A.resize_flip_matrix(80, 65, 48, True)
-  out = _np(A._transform(crop, m, 'BILINEAR', 'NEAREST', output_shape=[48, 48]))
-  ref = tf.cast(tf.image.resize(crop, [48, 48], 'bilinear'), tf.uint8).numpy()[:, ::-1]
-  assert np.abs(out.astype(int) - ref).max() <= 1
-
-
 def test_solarize_threshold_and_m10_quirk(img):
   np.testing.assert_array_equal(_np(A.solarize(img, 128)), np.where(img < 128, img, 255 - img))
   np.testing.assert_array_equal(_np(A.solarize(img, 128)), np.asarray(ImageOps.solarize(Image.fromarray(img), 128)))
@@ -189,47 +181,3 @@ def test_randaugment_and_autoaugment_dtype_shape_determinism(img):
 def test_randaugment_in_tf_data_graph(img):
   ds = tf.data.Dataset.from_tensors(img).repeat(4).map(lambda x: A.randaugment(x, 2, 10.0))
   assert all(o.shape == img.shape for o in ds)
-
-
-def test_fused_path_agrees_with_composed_ops():
-  """fused_train_preprocess == crop -> tf.image.resize -> flip -> randaugment (same seed), up to the
-  interpolation difference (one bilinear pass vs resize then nearest)."""
-  im = skimage.data.coffee()
-  size = 64
-  maes, geo_seen = [], 0
-  for i in range(24):
-    seed = tf.constant([i, 11], tf.int64)
-    fused = A.fused_train_preprocess(im, size, 'inception_v2', 'randaugment', 2, 10.0, seed=seed).numpy()
-    s_crop, s_flip, s_aug = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
-    y, x, h, w = A.sample_crop_window(im.shape, size, 'inception_v2', s_crop).numpy()
-    ref = tf.cast(tf.image.resize(im[y:y + h, x:x + w], [size, size], 'bilinear'), tf.uint8)
-    if tf.random.stateless_uniform([], s_flip) < 0.5:
-      ref = ref[:, ::-1]
-    ref = A.randaugment(ref, 2, 10.0, seed=s_aug).numpy()
-    f128, r128 = (fused == 128).all(-1), (ref == 128).all(-1)
-    if r128.mean() > 0.02:
-      geo_seen += 1
-      assert (f128 == r128).mean() > 0.97  # same fill region
-    maes.append(np.abs(fused.astype(int) - ref).mean())
-  assert geo_seen >= 3
-  assert np.median(maes) < 4.0, maes
-  assert np.mean(maes) < 12.0, maes
-
-
-def test_fused_accepts_jpeg_bytes_and_autoaugment():
-  jpg = tf.io.encode_jpeg(skimage.data.chelsea(), quality=90)
-  out = A.fused_train_preprocess(jpg, 48, 'inception_v1', 'autoaugment', seed=[1, 2])
-  assert out.shape == (48, 48, 3) and out.dtype == tf.uint8
-  out2 = A.fused_train_preprocess(jpg, 48, 'inception_v1', 'autoaugment', seed=[1, 2])
-  np.testing.assert_array_equal(out.numpy(), out2.numpy())
-  with pytest.raises(ValueError, match='train_preprocess'):
-    A.fused_train_preprocess(jpg, 48, 'resize')
-
-
-def test_ft_preprocess_cutout_noise():
-  im = skimage.data.astronaut()
-  x = A.ft_preprocess(im, 64, True, seed=[3, 3]).numpy()
-  assert x.shape == (64, 64, 3) and x.min() >= -1.0 and x.max() <= 1.0
-  ev = A.ft_preprocess(im, 64, False).numpy()
-  diff = ~np.isclose(x, ev).all(-1) & ~np.isclose(x, ev[:, ::-1]).all(-1)
-  assert 0 < diff.sum() <= 32 * 32  # cutout square of side <= 2*(64//4)

@@ -1,10 +1,13 @@
 """Config tests: every get_config arg loads and validates, and the values are the official recipe's
-(/work/shared/reference/efficientnet_official.md §1, §2, §3: tensorflow/tpu and google/automl tables).
+(docs/fidelity.md §1–§3: tensorflow/tpu and google/automl tables).
 
 Configs are loaded from their file path, as `--config=configs/x.py:arg` does, so nothing depends on `configs`
 being importable as a package.
 """
+import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -54,7 +57,7 @@ def test_v1_default_is_b0_and_b4_recipe():
   assert _v1().model.variant == 'b0'
   c = _v1('b4')
   assert (c.data.image_size, c.model.dropout_rate, c.model.bn_momentum) == (380, 0.4, 0.99)
-  # tensorflow/tpu recipe (reference §4): lr 0.016 per 256, RMSProp decay 0.9 eps 1e-3, wd 1e-5, EMA 0.9999.
+  # tensorflow/tpu recipe (docs/fidelity.md §2): lr 0.016 per 256, RMSProp decay 0.9 eps 1e-3, wd 1e-5, EMA 0.9999.
   assert (c.optim.lr_base, c.optim.rmsprop_decay, c.optim.eps) == (0.016, 0.9, 1e-3)
   assert (c.optim.weight_decay, c.optim.ema_decay, c.optim.label_smoothing) == (1e-5, 0.9999, 0.1)
 
@@ -71,7 +74,7 @@ def test_v1_phi_and_runlocal_and_aml():
   assert r.data.name == 'digits' and r.model.num_classes == 10 and r.model.dtype == 'float32'
   assert r.data.image_size == 32 and r.train.total_steps is not None
   assert _v1('runlocal').data.name == 'digits'
-  # google/automl trains v1 at int(0.8·eval)//16·16 (reference §2): b0 176, b4 304, b7 480.
+  # google/automl trains v1 at int(0.8·eval)//16·16 (docs/fidelity.md §8): b0 176, b4 304, b7 480.
   for variant, size in (('b0', 176), ('b4', 304), ('b7', 480)):
     c = _v1(f'{variant},aml')
     assert (c.data.image_size, c.data.eval_image_size) == (size, V1_TABLE[variant][0])
@@ -84,7 +87,7 @@ def test_v2_variants_match_official_table(variant):
   train, ev, drop, ra, mix = V2_TABLE[variant]
   assert (c.model.family, c.model.variant) == ('v2', variant)
   assert (c.data.image_size, c.data.eval_image_size, c.model.dropout_rate) == (train, ev, drop)
-  assert c.model.bn_momentum == 0.9          # AML code (the paper says 0.99; reference §3)
+  assert c.model.bn_momentum == 0.9          # AML code (the paper says 0.99; docs/fidelity.md §8)
   assert c.model.round_rule == 'automl'
   assert c.progressive.enabled
   if variant.startswith('b'):
@@ -99,8 +102,8 @@ def test_v2_m_recipe_and_runlocal():
   c = _v2('m')
   assert (c.data.image_size, c.data.eval_image_size, c.model.dropout_rate) == (384, 480, 0.3)
   assert (c.data.randaug_magnitude, c.data.mixup_alpha, c.model.bn_momentum) == (15, 0.2, 0.9)
-  assert c.data.normalization == 'inception_128'      # Trap 11: V2 eval (x-128)/128
-  assert c.train.num_train_examples == 1_256_144       # Trap 17: ImageNet train minus minival
+  assert c.data.normalization == 'inception_128'      # docs/fidelity.md §3: V2 (x-128)/128
+  assert c.train.num_train_examples == 1_256_144       # docs/fidelity.md §2: train minus minival
   assert _v2().model.variant == 's'
   r = _v2('s,runlocal')
   config_lib.validate(r)
@@ -150,6 +153,56 @@ def test_validate_rejects_bad_values(field, value):
   c[section][name] = value
   with pytest.raises(ValueError, match=field.replace('.', r'\.')):
     config_lib.validate(c)
+
+
+# Fields that were checked only once the dataset had loaded, the optimizer was built or the stage schedule was made
+# (in effnet.data.pipeline, effnet.optim, effnet.progressive, effnet.train): config_lib.validate rejects them first.
+LATE_FIELDS = [
+    ('data.name', ''), ('data.crop_padding', -1),
+    ('optim.rmsprop_decay', 1.0), ('optim.momentum', 1.5), ('optim.eps', 0.0), ('optim.rmsprop_initial_scale', -1.0),
+    ('optim.decay_epochs', 0.0), ('optim.decay_factor', 0.0),
+    ('progressive.num_stages', 0), ('progressive.size_min', 512), ('progressive.randaug_max', -1.0),
+    ('progressive.mixup_min', -0.1), ('progressive.dropout_max', 1.0), ('progressive.size_multiple', -16),
+    ('progressive.batch_multiple', 0), ('train.early_stopping_patience', 2), ('train.keep_checkpoints', 0),
+]
+RUNLOCAL_V2 = 'efficientnetv2.py:s,runlocal'  # digits, progressive on, the exponential schedule
+
+
+def _with(field, value):
+  c = load_config(str(CONFIGS / RUNLOCAL_V2))
+  section, name = field.split('.')
+  c[section][name] = value
+  return c
+
+
+@pytest.mark.parametrize('field,value', LATE_FIELDS)
+def test_validate_rejects_fields_formerly_checked_late(field, value):
+  with pytest.raises(ValueError) as e:
+    config_lib.validate(_with(field, value))
+  msg = str(e.value)
+  assert field in msg and 'allowed' in msg, msg
+
+
+@pytest.mark.parametrize('field,value', LATE_FIELDS)
+def test_train_rejects_them_before_anything_runs(field, value, tmp_path):
+  """train_and_evaluate (what `python -m effnet.main` calls) validates first: no workdir, no data, no compile."""
+  from effnet import train
+  workdir = tmp_path / 'run'
+  with pytest.raises(ValueError, match=field.replace('.', r'\.')):
+    train.train_and_evaluate(_with(field, value), str(workdir))
+  assert not workdir.exists()
+
+
+@pytest.mark.parametrize('flag,message', [('optim.momentum=1.5', 'optim.momentum=1.5; allowed: [0, 1)'),
+                                          ('progressive.num_stages=0', 'progressive.num_stages=0; allowed: >= 1')])
+def test_main_rejects_them_on_the_command_line(flag, message, tmp_path):
+  repo = CONFIGS.parent
+  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=str(repo))
+  proc = subprocess.run([sys.executable, '-m', 'effnet.main', f'--config=configs/{RUNLOCAL_V2}',
+                         f'--workdir={tmp_path / "run"}', f'--config.{flag}'], cwd=repo, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
+  assert not (tmp_path / 'run').exists()  # rejected before the workdir, the dataset or any compile
 
 
 def test_parse_arg_rejects_unknown_args():
@@ -222,9 +275,10 @@ def test_summary_tool_b0(capsys):
   assert [st['num_blocks'] for st in s['stages']] == [1, 2, 2, 3, 3, 4, 1]
   assert [st['kernel_size'] for st in s['stages']] == [3, 3, 5, 3, 5, 5, 3]
   assert s['pooled_width'] == 1280 and s['stem']['width'] == 32
-  # A model-only mapping works too (notebooks).
+  # A model-only mapping works too (notebooks): a whole model section, since the library has no defaults of its own.
   from effnet import models
-  m = dict(models.variant_settings('v1', 'b0'), num_classes=10, dtype='float32')
+  m = dict(config_lib.base_config().model.to_dict(), **models.variant_settings('v1', 'b0'), num_classes=10,
+           dtype='float32')
   assert summary.summarize(m)['params'] == 5_288_548 - 1281 * 990
   assert summary.main([f'--config={V1}:b0', '--set', 'model.num_classes=10', '--set', 'model.dtype=float32']) == 0
   out = capsys.readouterr().out

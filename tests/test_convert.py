@@ -1,5 +1,5 @@
 """effnet.convert.from_timm against timm's own forward pass (the reference: timm's `tf_*` ports of the official TF
-models, shared/reference/efficientnet_official.md §3, §10, Traps 1, 2, 4).
+models, docs/fidelity.md §1 (padding, BN ε, depthwise layout) and §7).
 
 The timm models get random weights and random BN statistics, so a wrong eps, a mean/var swap or a transposed
 kernel changes the logits; the odd input size exercises TF-SAME's asymmetric stride-2 padding (timm Conv2dSame).
@@ -11,6 +11,7 @@ import pytest
 import torch
 import timm  # after conftest's torchvision shim
 
+from effnet.config_lib import base_config
 from effnet.convert import from_timm
 from effnet.models import build_model, variant_settings
 
@@ -24,8 +25,8 @@ TOL = 1e-4
 
 
 def _config(family, variant, **over):
-  return {**variant_settings(family, variant), 'num_classes': 1000, 'dtype': 'float32', 'depthwise_impl': 'conv',
-          **over}
+  return {**base_config().model.to_dict(), **variant_settings(family, variant), 'num_classes': 1000,
+          'dtype': 'float32', 'depthwise_impl': 'conv', **over}
 
 
 def _randomised_timm(name, seed=0):

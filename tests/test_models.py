@@ -12,18 +12,23 @@ import numpy as np
 import pytest
 from jax import lax
 
-from effnet import models
+from effnet import config_lib, models
 from effnet.models import arch
 from effnet.models.arch import Block, BlockSpec
 from effnet.models.blocks import MBConv
 from effnet.models.layers import Conv
 
 
+def _base_model():
+  """The whole model section of config_lib.base_config() (the one set of defaults: build_model has none)."""
+  return config_lib.base_config().model.to_dict()
+
+
 def _model_cfg(family, variant, **kw):
   s = models.variant_settings(family, variant)
   # 'conv' depthwise traces one op per depthwise conv instead of k·k slices ('shift', the CPU default): same
   # parameters, faster eval_shape.
-  cfg = dict(s, dtype='float32', depthwise_impl='conv')
+  cfg = dict(_base_model(), **s, dtype='float32', depthwise_impl='conv')
   cfg.update(kw)
   return cfg
 
@@ -36,7 +41,7 @@ def _build(family, variant, **kw):
 # Parameter counts. Source: timm 1.x, `sum(p.numel() for p in timm.create_model(name, pretrained=False).parameters())`
 # for tf_efficientnet_b0..b8, tf_efficientnet_l2 and tf_efficientnetv2_{s,m,l,xl,b0..b3} (run once by hand, on the
 # 'meta' device; timm is not used here). They agree with timm's results-imagenet.csv and with the reference
-# (/work/shared/reference/efficientnet_official.md §1, §2, Trap 16). BN running statistics are buffers in torch and
+# (docs/fidelity.md §1). BN running statistics are buffers in torch and
 # `batch_stats` here, so neither side counts them.
 TIMM_PARAMS = {
     ('v1', 'b0'): 5_288_548, ('v1', 'b1'): 7_794_184, ('v1', 'b2'): 9_109_994, ('v1', 'b3'): 12_233_232,
@@ -69,7 +74,7 @@ def test_macs_match_reference(family, variant, size, ref_b):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Rounding rules and derived widths (reference §1, §2, Trap 5).
+# Rounding rules and derived widths (docs/fidelity.md §1).
 
 def _stage_table(cfg):
   blocks, stem, head = models.model_blocks(cfg)
@@ -123,8 +128,8 @@ def test_se_width_from_block_input_filters():
   assert v['blocks_1']['se']['expand']['kernel'].shape == (1, 1, 4, 96)
   assert v['blocks_1']['se']['reduce']['bias'].shape == (4,)          # SE convs have a bias
   # floor, and at least 1: int(24·0.3) = 7 (round would give 7 too, so also 20·0.3 = 6 and 8·0.1 = 0.8 → 1).
-  cfg = dict(blocks=('r1_k3_s11_e6_i24_o24_se0.3', 'r1_k3_s11_e6_i24_o8_se0.1', 'r1_k3_s11_e2_i8_o8_se0.1'),
-             num_classes=0, dtype='float32')
+  cfg = dict(_base_model(), blocks=('r1_k3_s11_e6_i24_o24_se0.3', 'r1_k3_s11_e6_i24_o8_se0.1',
+                                    'r1_k3_s11_e2_i8_o8_se0.1'), num_classes=0, dtype='float32')
   p = models.abstract_variables(models.build_model(cfg), 8)['params']
   assert p['blocks_0']['se']['reduce']['kernel'].shape[-1] == 7
   assert p['blocks_1']['se']['reduce']['kernel'].shape[-1] == 2      # int(24·0.1) = int(2.4)
@@ -132,7 +137,7 @@ def test_se_width_from_block_input_filters():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Stochastic depth (reference §3, Trap 7).
+# Stochastic depth (docs/fidelity.md §1).
 
 def test_survival_ramp_b0():
   blocks, _, _ = models.model_blocks(_model_cfg('v1', 'b0'))
@@ -234,7 +239,7 @@ def test_eval_mode_is_deterministic(drop_results):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# TF 'SAME' padding (reference §3 "Padding", Trap 1).
+# TF 'SAME' padding (docs/fidelity.md §1).
 
 def _explicit_conv(x, w, stride, pads, groups=1):
   xp = jnp.pad(x, ((0, 0), pads, pads, (0, 0)))
@@ -340,7 +345,7 @@ def test_return_features_b0_224():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Fast initialisation (reference §3 "Init").
+# Fast initialisation (docs/fidelity.md §1).
 
 def test_init_variables_matches_module_init_and_tf_initialisers():
   module = _build('v1', 'b0')
@@ -387,7 +392,7 @@ def test_init_variables_matches_module_init_and_tf_initialisers():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Compound scaling φ (reference §7; configs/efficientnet.py:phi=...).
+# Compound scaling φ (docs/fidelity.md §1; configs/efficientnet.py:phi=...).
 
 def _phi_cfg(phi):
   return _model_cfg('v1', f'phi={phi}')
@@ -435,25 +440,34 @@ def test_negative_phi_builds_smaller_model_with_min_8_channels():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Bad input → ValueError naming the field and the allowed values (CONTRACT).
+# Bad input → ValueError naming the field and the allowed values (CONTRACT). Model fields are checked by
+# config_lib.validate before anything is built; variant names and block strings also by the functions that parse
+# them (variant_settings, BlockSpec.decode).
+
+def _validate(family, variant, **model_fields):
+  c = config_lib.base_config()
+  config_lib.apply_model_settings(c, models.variant_settings(family, variant))
+  c.model.update(model_fields)
+  config_lib.validate(c)
+
 
 @pytest.mark.parametrize('make,field,allowed', [
     (lambda: models.variant_settings('v1', 'b9'), 'model.variant', "'b0'"),
     (lambda: models.variant_settings('v2', 'xxl'), 'model.variant', "'s'"),
     (lambda: models.variant_settings('v3', 'b0'), 'model.family', "'v1'"),
     (lambda: models.variant_settings('v1', 'phi=abc'), 'model.variant', 'phi'),
-    (lambda: _build('v1', 'b0', width_coefficient=-1.0), 'model.width_coefficient', '> 0'),
-    (lambda: _build('v1', 'b0', depth_coefficient=0.0), 'model.depth_coefficient', '> 0'),
-    (lambda: _build('v1', 'b0', dtype='int8'), 'model.dtype', "'bfloat16'"),
-    (lambda: _build('v1', 'b0', depthwise_impl='fft'), 'model.depthwise_impl', "'shift'"),
-    (lambda: _build('v1', 'b0', round_rule='floor'), 'model.round_rule', "'automl'"),
-    (lambda: _build('v1', 'b0', survival_prob=0.0), 'model.survival_prob', '(0, 1]'),
-    (lambda: _build('v1', 'b0', dropout_rate=1.0), 'model.dropout_rate', '[0, 1)'),
+    (lambda: _validate('v1', 'b0', width_coefficient=-1.0), 'model.width_coefficient', '> 0'),
+    (lambda: _validate('v1', 'b0', depth_coefficient=0.0), 'model.depth_coefficient', '> 0'),
+    (lambda: _validate('v1', 'b0', dtype='int8'), 'model.dtype', "'bfloat16'"),
+    (lambda: _validate('v1', 'b0', depthwise_impl='fft'), 'model.depthwise_impl', "'shift'"),
+    (lambda: _validate('v1', 'b0', round_rule='floor'), 'model.round_rule', "'automl'"),
+    (lambda: _validate('v1', 'b0', survival_prob=0.0), 'model.survival_prob', '(0, 1]'),
+    (lambda: _validate('v1', 'b0', dropout_rate=1.0), 'model.dropout_rate', '[0, 1)'),
     (lambda: _build('v1', 'b0', blocks=('r1_k3_s11_e1_i32_o16_zz3',)), 'model.blocks', "'se'"),
     (lambda: _build('v1', 'b0', blocks=('r1_k4_s11_e1_i32_o16',)), 'model.blocks', 'odd'),
     (lambda: _build('v1', 'b0', blocks=('r1_k3_s33_e1_i32_o16',)), 'model.blocks', '1 or 2'),
     (lambda: _build('v1', 'b0', blocks=('r1_k3_s12_e1_i32_o16',)), 'model.blocks', 'stride'),
-    (lambda: _build('v1', 'b0', blocks=()), 'model.blocks', 'r1_k3'),
+    (lambda: _validate('v1', 'b0', blocks=()), 'model.blocks', 'r1_k3'),
 ])
 def test_bad_input_raises_value_error_naming_field(make, field, allowed):
   with pytest.raises(ValueError) as e:

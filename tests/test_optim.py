@@ -1,14 +1,13 @@
-"""effnet.optim against hand-written TF formulas (shared/reference/efficientnet_official.md §4, Traps 3, 8, 9, 17)."""
+"""effnet.optim against hand-written TF formulas (docs/fidelity.md §2)."""
 import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 
-from effnet import optim
+from effnet import config_lib, optim
 
 # AML trains on 1,256,144 images (minival held out) at global batch 4096.
 N_TRAIN = 1_256_144
@@ -76,7 +75,7 @@ def test_rmsprop_initial_scale_zero_follows_the_same_rule_from_ms_0():
   official = _tf_rmsprop_reference(w0, grads, [0.1] * 8)[0]
   assert np.all(np.abs(want[0] - w0) > 10 * np.abs(official - w0))
   with pytest.raises(ValueError, match='optim.rmsprop_initial_scale'):
-    optim.rmsprop_tf(0.1, initial_scale=-1.0)
+    config_lib.validate(_config(rmsprop_initial_scale=-1.0))
 
 
 def test_rmsprop_tf_lr_outside_momentum_would_differ():
@@ -101,11 +100,12 @@ def test_rmsprop_tf_first_step_constant_lr_by_hand():
   np.testing.assert_allclose(np.asarray(optax.apply_updates(p, u)), 1 - 0.2 / math.sqrt(1.301), rtol=1e-6)
 
 
-@pytest.mark.parametrize('kw,field', [({'decay': 1.0}, 'optim.rmsprop_decay'), ({'momentum': -0.1}, 'optim.momentum'),
-                                      ({'eps': 0.0}, 'optim.eps')])
+@pytest.mark.parametrize('kw,field', [({'rmsprop_decay': 1.0}, 'optim.rmsprop_decay'),
+                                      ({'momentum': -0.1}, 'optim.momentum'), ({'eps': 0.0}, 'optim.eps')])
 def test_rmsprop_tf_bad_args(kw, field):
+  """rmsprop_tf's arguments come from these fields; config_lib.validate rejects bad ones before anything is built."""
   with pytest.raises(ValueError, match=field):
-    optim.rmsprop_tf(0.1, **kw)
+    config_lib.validate(_config(**kw))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -253,13 +253,16 @@ def test_ema_update_values():
 # ----------------------------------------------------------------------------------------------------------------------
 # build_optimizer
 # ----------------------------------------------------------------------------------------------------------------------
-def _optim_cfg(**kw):
-  c = ml_collections.ConfigDict(dict(lr_base=0.016, warmup_epochs=5, decay_epochs=2.4, decay_factor=0.97,
-                                     schedule='exponential', rmsprop_decay=0.9, momentum=0.9, eps=1e-3,
-                                     weight_decay=1e-5, weight_decay_rule='tpu', ema_decay=0.9999,
-                                     label_smoothing=0.1))
-  c.update(kw)
+def _config(**optim_fields):
+  """config_lib.base_config() (the official optim recipe: lr_base 0.016, warmup 5, decay 0.97 every 2.4 epochs,
+  RMSProp 0.9 / 0.9 / 1e-3, wd 1e-5 'tpu') with `optim_fields` changed."""
+  c = config_lib.base_config()
+  c.optim.update(optim_fields)
   return c
+
+
+def _optim_cfg(**kw):
+  return _config(**kw).optim
 
 
 def test_build_optimizer_lr_and_update():
@@ -283,7 +286,7 @@ def test_build_optimizer_lr_scale_and_bad_fields():
   with pytest.raises(ValueError, match='optim.schedule'):
     optim.build_optimizer(_optim_cfg(schedule='poly'), 256, 10.0, 100)
   with pytest.raises(ValueError, match='optim.weight_decay_rule'):
-    optim.build_optimizer(_optim_cfg(weight_decay_rule='all'), 256, 10.0, 100)
+    config_lib.validate(_config(weight_decay_rule='all'))  # not part of tx: the loss's mask reads it
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -7,12 +7,12 @@ import collections
 import hashlib
 import time
 
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from effnet import config_lib
 from effnet.data import normalize
 from effnet.data import pipeline
 from effnet.data import synthetic
@@ -29,12 +29,26 @@ def data_dir(tmp_path_factory):
   return str(d)
 
 
+def data_cfg(**fields):
+  """config_lib.base_config().data (the one set of defaults: the pipeline has none of its own) with `fields`."""
+  cfg = config_lib.base_config().data
+  cfg.update(fields)
+  return cfg
+
+
 def digits_cfg(data_dir, **kw):
   base = dict(name="digits", data_dir=data_dir, train_split="train", eval_split="test", image_size=8,
               eval_image_size=8, train_preprocess="resize", eval_preprocess="resize", flip=False, augment="none",
               shuffle_buffer=2048)
   base.update(kw)
-  return ml_collections.ConfigDict(base)
+  return data_cfg(**base)
+
+
+def validate_data(cfg):
+  """config_lib.validate of a whole config with this data section: where bad data fields are rejected."""
+  c = config_lib.base_config()
+  c.data = cfg
+  config_lib.validate(c)
 
 
 def key(image, label):
@@ -158,7 +172,8 @@ def test_ft_augment_cutout(data_dir):
                                                             process_count=1))))
   assert b["image"].shape == (8, 16, 16, 3)
   img = tf.zeros([16, 16, 3], tf.uint8)
-  out = pipeline.cutout(img, pad_size=4, replace=128, seed=tf.constant([1, 2], tf.int64)).numpy()
+  from effnet.data import augment  # the one cutout: RandAugment's op, which the 'ft' augment calls
+  out = augment.cutout(img, pad_size=4, fill=128, seed=tf.constant([1, 2], tf.int64)).numpy()
   box = out[..., 0] == 128
   assert 0 < box.sum() <= 64 and np.all(out[~box] == 0)
   rows, cols = np.nonzero(box.any(1))[0], np.nonzero(box.any(0))[0]
@@ -254,8 +269,7 @@ def test_inception_crops_on_jpeg():
 
 
 def test_imagenet_mock_pipeline():
-  cfg = ml_collections.ConfigDict(dict(name="imagenet2012", train_preprocess="inception_v1",
-                                       eval_preprocess="center_crop_v1"))
+  cfg = data_cfg(name="imagenet2012", train_preprocess="inception_v1", eval_preprocess="center_crop_v1")
   with tfds.testing.mock_data(num_examples=6):
     b = next(iter(tfds.as_numpy(pipeline.create_train_dataset(cfg, global_batch_size=4, process_index=0,
                                                                process_count=1, image_size=32))))
@@ -273,17 +287,17 @@ def test_errors(data_dir, tmp_path):
   cfg = digits_cfg(data_dir)
   with pytest.raises(ValueError, match="train.batch_size"):
     pipeline.create_train_dataset(cfg, global_batch_size=5, process_index=0, process_count=2)
+  # Bad recipe names: rejected by config_lib.validate, before the pipeline (or anything else) starts.
   with pytest.raises(ValueError, match="train_preprocess.*inception_v1"):
-    pipeline.create_train_dataset(digits_cfg(data_dir, train_preprocess="inception"), global_batch_size=4,
-                                  process_index=0, process_count=1)
+    validate_data(digits_cfg(data_dir, train_preprocess="inception"))
   with pytest.raises(ValueError, match="eval_preprocess.*center_crop_v2"):
-    pipeline.validate_data_config(digits_cfg(data_dir, eval_preprocess="center"))
+    validate_data(digits_cfg(data_dir, eval_preprocess="center"))
   with pytest.raises(ValueError, match="augment"):
-    pipeline.validate_data_config(digits_cfg(data_dir, augment="rand"))
+    validate_data(digits_cfg(data_dir, augment="rand"))
   with pytest.raises(ValueError, match="digits"):
     pipeline.get_builder(digits_cfg(data_dir, name="digitz"))
   with pytest.raises(ValueError, match="manual"):
-    pipeline.get_builder(ml_collections.ConfigDict(dict(name="imagenet2012", data_dir=str(tmp_path))))
+    pipeline.get_builder(data_cfg(name="imagenet2012", data_dir=str(tmp_path)))
 
 
 def test_num_examples(data_dir):

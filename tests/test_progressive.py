@@ -1,25 +1,31 @@
-"""effnet.progressive against the V2 paper (Table 6) and google/automl main.py (shared/reference §5, Trap 12).
+"""effnet.progressive against the V2 paper (Table 6) and google/automl main.py (docs/fidelity.md §4).
 
 Every expected number below is written from the reference tables / formulas by hand, not produced by the module.
 """
 import dataclasses
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
+from effnet import config_lib
 from effnet import progressive as pg
 
 N = 1000  # total steps for the boundary tests
 ENDS = [250, 500, 750, 1000]  # int((i+1)/4 * 1000)
 
 
+def _config(variant, preset_rule, **kw):
+  """A whole config (config_lib.base_config, the one set of defaults) with the variant's schedule switched on."""
+  c = config_lib.base_config()
+  c.progressive.update(pg.presets(variant, preset_rule))
+  c.progressive.enabled = True
+  c.progressive.update(kw)
+  return c
+
+
 def _cfg(variant, preset_rule, **kw):
-  d = dict(pg.DEFAULTS)
-  d.update(pg.presets(variant, preset_rule))
-  d.update(kw)
-  return ml_collections.ConfigDict(d)
+  return _config(variant, preset_rule, **kw).progressive
 
 
 def _col(stages, field):
@@ -76,7 +82,8 @@ def test_code_rule_size_multiple_16():
 
 
 def test_code_rule_uses_train_size_when_size_max_is_none():
-  cfg = ml_collections.ConfigDict(dict(pg.DEFAULTS, rule='code', size_multiple=0))
+  cfg = config_lib.base_config().progressive
+  cfg.rule, cfg.size_multiple = 'code', 0
   assert cfg.size_max is None
   st = pg.build_stages(cfg, N, 300, 256)
   assert _col(st, 'image_size') == [171, 214, 257, 300]
@@ -193,7 +200,7 @@ def test_presets_tables():
   assert (c['size_max'], c['randaug_max'], c['mixup_max'], c['cutmix_max'], c['dropout_max']) == (384, 15.0, 0.2,
                                                                                                     0.2, 0.3)
   assert [pg.presets(v, 'code')['size_max'] for v in pg.VARIANTS] == [300, 384, 384, 384, 192, 192, 208, 240]
-  assert pg.presets('s')['rule'] == pg.DEFAULT_RULE == 'code'
+  assert pg.presets('s')['rule'] == pg.DEFAULT_RULE == 'code' == config_lib.base_config().progressive.rule
 
 
 def test_presets_bad_values():
@@ -217,13 +224,19 @@ def test_presets_bad_values():
     (dict(batch_multiple=0), 'progressive.batch_multiple'),
 ])
 def test_validate_errors(kw, field):
+  """config_lib.validate rejects bad progressive fields before any data loads (build_stages no longer checks)."""
   with pytest.raises(ValueError, match=field.replace('.', r'\.')):
-    pg.validate(_cfg('s', 'paper', **kw))
+    config_lib.validate(_config('s', 'paper', **kw))
 
 
 def test_build_stages_bad_final_size():
-  cfg = ml_collections.ConfigDict(dict(pg.DEFAULTS, size_min=256))
+  c = config_lib.base_config()
+  c.progressive.enabled, c.progressive.size_min = True, 256
   with pytest.raises(ValueError, match='progressive.size_min'):
-    pg.build_stages(cfg, N, 224, 256)  # size_max None -> data.image_size 224 < 256
-  pg.validate(ml_collections.ConfigDict(pg.DEFAULTS))  # the defaults are valid
-  pg.validate(None)
+    config_lib.validate(c)  # size_max None -> data.image_size 224 < 256
+  defaults = config_lib.base_config()
+  config_lib.validate(defaults)  # the defaults are valid, with the schedule off
+  defaults.progressive.enabled = True
+  config_lib.validate(defaults)  # and on
+  with pytest.raises(ValueError, match='total_steps'):
+    pg.build_stages(defaults.progressive, 0, 224, 256)  # from the dataset size: build_stages' own check

@@ -175,12 +175,3 @@ def test_enhance_factor_and_int_args_match_host_float64():
     want = np.floor(ms.astype(np.float64) / 10 * scale)
     bad = ms[got != want].tolist()
     assert bad == ([23.0] if scale == 110.0 else []), (scale, bad)  # documented: 2.3*110 in float64
-
-
-def bench(batch=128, size=300):
-  """Not a test: images/s of the jitted randaugment on this machine."""
-  return R.bench(batch=batch, size=size)
-
-
-if __name__ == '__main__':
-  bench()

@@ -3,8 +3,8 @@
 Why this module exists: EfficientNet v1 (AutoAugment / RandAugment) and v2 (RandAugment whose magnitude
 grows with progressive learning) train on the 16 ops of the official `autoaugment.py`
 (google/automl efficientnetv2 @6a54c87, tensorflow/tpu models/official/efficientnet). This module
-reimplements them (our own code, the official one read for facts only) and adds a fused fast path,
-because the official graph is input-bound at ~100 img/s/core.
+reimplements them (our own code, the official one read for facts only); `effnet.data.pipeline` applies
+them after its crop / resize / flip, and `effnet.data.randaugment_jax` is checked against them.
 
 Facts kept from the official code (with its quirks, on purpose):
   * RandAugment: N layers, each picks one of the 16 ops uniformly and ALWAYS applies it (the sampled
@@ -20,26 +20,13 @@ Facts kept from the official code (with its quirks, on purpose):
     (bits 0 behaves like 1 bit, bits > 8 likewise); Contrast's "mean" is the histogram SUM / 256,
     i.e. H*W/256 (>=255 for any image >= 256x255 px), not the grey mean (`contrast(..., pil=True)`
     gives the PIL semantics instead); blends truncate (cast) like PIL's ImagingBlend.
-
-Fast path (`fused_train_preprocess`): train preprocessing is crop -> resize -> flip -> N ops. Crop,
-resize, flip and every geometric op are affine maps from output to source pixel coordinates, so they
-are composed into ONE 3x3 matrix and ONE bilinear `ImageProjectiveTransformV3` pass over the decoded
-crop (only the crop window is decoded, `decode_and_crop_jpeg`). The 128 fill is reproduced exactly
-with a cheap 1-channel label image ("which geometric stage filled this pixel", chained NEAREST
-transforms with fill = stage id); colour ops are applied in their original order, and a fill is
-written when its geometric stage is reached, so the filled pixels go through later colour ops as in
-the official code. This is exact when every op before the last geometric op is pointwise; when a
-non-pointwise op (AutoContrast, Equalize, Sharpness, Cutout) precedes a geometric op (~8% of N=2
-draws) the unfused order is used instead (resize, then ops one by one). The only intended difference
-from the official graph is interpolation: one bilinear sample of the source instead of bilinear
-resize followed by nearest re-sampling (sharper, no double resampling).
-Other speed choices: Sharpness uses a separable 3x3 box sum (kernel [[1,1,1],[1,5,1],[1,1,1]]/13 =
-(box + 4*centre)/13), Equalize one bincount over the 3 channels, AutoContrast vectorised per channel,
-ops dispatched by tf.switch_case (only the chosen branch runs).
+Speed choices (the official graph is input-bound at ~100 img/s/core): Sharpness uses a separable 3x3
+box sum (kernel [[1,1,1],[1,5,1],[1,1,1]]/13 = (box + 4*centre)/13), Equalize one bincount over the
+3 channels, AutoContrast vectorised per channel, ops dispatched by tf.switch_case (only the chosen
+branch runs).
 
 Randomness: every function takes `seed` (shape [2] int tensor, stateless RNG) so a pipeline can be
-deterministic; seed=None draws one from the global generator. The same seed gives the same op/arg
-draws in `randaugment` and inside `fused_train_preprocess` (which gives its aug seed to the layers).
+deterministic; seed=None draws one from the global generator.
 """
 from __future__ import annotations
 
@@ -47,14 +34,12 @@ import math
 
 import tensorflow as tf
 
-# Official RandAugment op order (index = switch_case branch), shared with the on-device version.
-from effnet.data.policy import FILL_VALUE, GEOMETRIC_OPS, MAX_LEVEL, OP_INDEX, RANDAUGMENT_OPS  # noqa: E402,F401
-# Ops that do not commute with a geometric op even away from the fill (global stats / neighbourhood / spatial).
-NON_POINTWISE_OPS = ('AutoContrast', 'Equalize', 'Sharpness', 'Cutout')
-IDENTITY_OP = -1  # layer index meaning "not applied" (AutoAugment prob failed)
+# Official RandAugment op order (index = switch_case branch) and level scales, shared with the on-device version.
+from effnet.data.policy import (AUTOAUGMENT_CUTOUT, AUTOAUGMENT_TRANSLATE, FILL_VALUE, GEOMETRIC_OPS,  # noqa: F401
+                                LEVEL_SCALES, MAX_LEVEL, OP_INDEX, RANDAUGMENT_CUTOUT, RANDAUGMENT_OPS,
+                                RANDAUGMENT_TRANSLATE)
 
-RANDAUGMENT_CONSTS = dict(cutout_const=40, translate_const=100)
-AUTOAUGMENT_CONSTS = dict(cutout_const=100, translate_const=250)
+IDENTITY_OP = -1  # layer index meaning "not applied" (AutoAugment prob failed)
 
 # AutoAugment policy v0 (AutoAugment paper, ImageNet): 25 sub-policies of (op, prob, magnitude).
 POLICY_V0 = (
@@ -85,8 +70,6 @@ POLICY_V0 = (
     (('Color', 0.8, 6), ('Rotate', 0.4, 5)),
 )
 POLICIES = {'v0': POLICY_V0}
-
-TRAIN_CROPS = ('inception_v1', 'inception_v2')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -121,16 +104,14 @@ def blend(image1, image2, factor):
   return tf.cast(tf.clip_by_value(a + tf.cast(factor, tf.float32) * (b - a), 0.0, 255.0), tf.uint8)
 
 
-def _transform(image, matrix, interpolation='NEAREST', fill_mode='CONSTANT', fill_value=FILL_VALUE,
-               output_shape=None):
-  """One ImageProjectiveTransformV3. matrix: [3,3] map from OUTPUT (x=col, y=row, 1) to SOURCE."""
+def _transform(image, matrix, fill_value=FILL_VALUE):
+  """One ImageProjectiveTransformV3, NEAREST, constant fill. matrix: [3,3] map from OUTPUT (x=col, y=row, 1) to
+  SOURCE."""
   m = tf.reshape(tf.cast(matrix, tf.float32), [9])
   m = m[:8] / m[8]
-  if output_shape is None:
-    output_shape = tf.shape(image)[:2]
   out = tf.raw_ops.ImageProjectiveTransformV3(
-      images=image[None], transforms=m[None], output_shape=tf.cast(output_shape, tf.int32),
-      fill_value=tf.cast(fill_value, tf.float32), interpolation=interpolation, fill_mode=fill_mode)
+      images=image[None], transforms=m[None], output_shape=tf.cast(tf.shape(image)[:2], tf.int32),
+      fill_value=tf.cast(fill_value, tf.float32), interpolation='NEAREST', fill_mode='CONSTANT')
   return out[0]
 
 
@@ -284,29 +265,20 @@ def translate_y(image, pixels, fill=FILL_VALUE):
   return _transform(image, translate_y_matrix(pixels), fill_value=fill)
 
 
-def cutout_box(height, width, pad_size, seed):
-  """Official cutout box: centre uniform over the image, rows [cy-pad, cy+pad) clipped (y0,y1,x0,x1)."""
-  s1, s2 = tf.unstack(_split(seed, 2))
-  cy = tf.random.stateless_uniform([], s1, 0, height, dtype=tf.int32)
-  cx = tf.random.stateless_uniform([], s2, 0, width, dtype=tf.int32)
-  pad = tf.cast(pad_size, tf.int32)
-  return (tf.maximum(0, cy - pad), tf.minimum(height, cy + pad),
-          tf.maximum(0, cx - pad), tf.minimum(width, cx + pad))
-
-
-def _box_mask(height, width, box):
-  y0, y1, x0, x1 = box
-  ys = tf.range(height)[:, None]
-  xs = tf.range(width)[None, :]
-  return ((ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1))[:, :, None]
-
-
 def cutout(image, pad_size, fill=FILL_VALUE, seed=None):
-  """Square of side <= 2*pad_size at a uniform centre set to `fill` (scalar or broadcastable)."""
+  """Official cutout: rows [cy-pad, cy+pad) x cols [cx-pad, cx+pad) around a uniform pixel, clipped to the image,
+  set to `fill` (scalar or per channel). The one cutout of the host pipeline: RandAugment / AutoAugment's op and
+  `effnet.data.pipeline`'s 'ft' augment."""
   shape = tf.shape(image)
-  box = cutout_box(shape[0], shape[1], pad_size, _as_seed(seed))
-  fill = tf.cast(fill, image.dtype)
-  return tf.where(_box_mask(shape[0], shape[1], box), tf.broadcast_to(fill, shape), image)
+  height, width = shape[0], shape[1]
+  s_y, s_x = tf.unstack(_split(_as_seed(seed), 2))
+  cy = tf.random.stateless_uniform([], s_y, 0, height, dtype=tf.int32)
+  cx = tf.random.stateless_uniform([], s_x, 0, width, dtype=tf.int32)
+  pad = tf.cast(pad_size, tf.int32)
+  rows = tf.range(height)[:, None]
+  cols = tf.range(width)[None, :]
+  inside = (rows >= cy - pad) & (rows < cy + pad) & (cols >= cx - pad) & (cols < cx + pad)
+  return tf.where(inside[:, :, None], tf.cast(fill, image.dtype), image)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -331,8 +303,9 @@ def geometric_matrix(op, magnitude, seed, height, width, translate_const):
   """
   op = tf.cast(op, tf.int32)
   is_op = lambda name: tf.equal(op, OP_INDEX[name])
-  scale = tf.where(is_op('Rotate'), 30.0,
-                   tf.where(is_op('ShearX') | is_op('ShearY'), 0.3,
+  # Same level-scale selects as randaugment_jax.geometric_matrices: TF here, jnp there (that module stays TF-free).
+  scale = tf.where(is_op('Rotate'), LEVEL_SCALES['Rotate'],
+                   tf.where(is_op('ShearX') | is_op('ShearY'), LEVEL_SCALES['ShearX'],
                             tf.where(is_op('TranslateX') | is_op('TranslateY'),
                                      float(translate_const), 0.0)))
   v = tf.cast(_lvl(magnitude), tf.float32) * scale * _random_sign(seed)
@@ -343,8 +316,8 @@ def geometric_matrix(op, magnitude, seed, height, width, translate_const):
   return tf.where(is_op('Rotate'), rot, aff)
 
 
-def _apply_op(image, op, magnitude, seed, cutout_const, translate_const, geometric=True):
-  """Apply op number `op` (IDENTITY_OP = no-op). geometric=False turns geometric ops into no-ops."""
+def _apply_op(image, op, magnitude, seed, cutout_const, translate_const):
+  """Apply op number `op` (IDENTITY_OP = no-op)."""
   m = magnitude
   shape = tf.shape(image)
   ident = lambda: image
@@ -356,9 +329,9 @@ def _apply_op(image, op, magnitude, seed, cutout_const, translate_const, geometr
       'AutoContrast': lambda: autocontrast(image),
       'Equalize': lambda: equalize(image),
       'Invert': lambda: invert(image),
-      'Posterize': lambda: posterize(image, _int_arg(m, 4.0)),
-      'Solarize': lambda: solarize(image, _int_arg(m, 256.0)),
-      'SolarizeAdd': lambda: solarize_add(image, _int_arg(m, 110.0)),
+      'Posterize': lambda: posterize(image, _int_arg(m, LEVEL_SCALES['Posterize'])),
+      'Solarize': lambda: solarize(image, _int_arg(m, LEVEL_SCALES['Solarize'])),
+      'SolarizeAdd': lambda: solarize_add(image, _int_arg(m, LEVEL_SCALES['SolarizeAdd'])),
       'Color': lambda: color(image, enhance_factor(m)),
       'Contrast': lambda: contrast(image, enhance_factor(m)),
       'Brightness': lambda: brightness(image, enhance_factor(m)),
@@ -366,7 +339,7 @@ def _apply_op(image, op, magnitude, seed, cutout_const, translate_const, geometr
       'Cutout': lambda: cutout(image, _int_arg(m, float(cutout_const)), seed=seed),
   }
   for name in GEOMETRIC_OPS:
-    branches[name] = geo if geometric else ident
+    branches[name] = geo
   fns = [branches[name] for name in RANDAUGMENT_OPS] + [ident]
   idx = tf.where(tf.cast(op, tf.int32) < 0, len(RANDAUGMENT_OPS), tf.cast(op, tf.int32))
   out = tf.switch_case(idx, fns)
@@ -374,7 +347,8 @@ def _apply_op(image, op, magnitude, seed, cutout_const, translate_const, geometr
   return out
 
 
-def apply_op(image, name: str, magnitude, seed=None, cutout_const=40, translate_const=100):
+def apply_op(image, name: str, magnitude, seed=None, cutout_const=RANDAUGMENT_CUTOUT,
+             translate_const=RANDAUGMENT_TRANSLATE):
   """Apply one named op at `magnitude` with the official level->argument mapping (and random sign)."""
   if name not in OP_INDEX:
     raise ValueError(f'op name must be one of {RANDAUGMENT_OPS}, got {name!r}')
@@ -383,7 +357,7 @@ def apply_op(image, name: str, magnitude, seed=None, cutout_const=40, translate_
 
 
 # ----------------------------------------------------------------------------------------------
-# layer sampling (shared by the unfused and fused paths so one seed gives the same draws)
+# layer sampling
 def _randaugment_layers(num_layers, magnitude, seed):
   seeds = _split(seed, num_layers)
   ops, mags, arg_seeds = [], [], []
@@ -417,180 +391,32 @@ def _autoaugment_layers(policy, seed):
   return ops, mags, arg_seeds
 
 
-def _apply_layers(image, ops, mags, arg_seeds, consts):
+def _apply_layers(image, ops, mags, arg_seeds, cutout_const, translate_const):
   for op, m, s in zip(ops, mags, arg_seeds):
-    image = _apply_op(image, op, m, s, consts['cutout_const'], consts['translate_const'])
+    image = _apply_op(image, op, m, s, cutout_const, translate_const)
   return image
 
 
-def randaugment(image, num_layers: int = 2, magnitude=10.0, seed=None, cutout_const=40,
-                translate_const=100):
-  """RandAugment (v2 official): num_layers ops drawn uniformly from the 16, each always applied."""
-  if int(num_layers) < 0:
-    raise ValueError(f'num_layers must be >= 0, got {num_layers}')
+def _uint8_image(image):
+  """The ops' blend / cast rules are those of uint8 (the official code's dtype): anything else is refused."""
   image = tf.convert_to_tensor(image)
   if image.dtype != tf.uint8:
     raise ValueError(f'image dtype must be uint8, got {image.dtype}')
+  return image
+
+
+def randaugment(image, num_layers: int = 2, magnitude=10.0, seed=None, cutout_const=RANDAUGMENT_CUTOUT,
+                translate_const=RANDAUGMENT_TRANSLATE):
+  """RandAugment (v2 official): num_layers ops drawn uniformly from the 16, each always applied."""
+  if int(num_layers) < 0:
+    raise ValueError(f'num_layers must be >= 0, got {num_layers}')
+  image = _uint8_image(image)
   ops, mags, seeds = _randaugment_layers(int(num_layers), magnitude, _as_seed(seed))
-  return _apply_layers(image, ops, mags, seeds,
-                       dict(cutout_const=cutout_const, translate_const=translate_const))
+  return _apply_layers(image, ops, mags, seeds, cutout_const, translate_const)
 
 
 def autoaugment(image, policy: str = 'v0', seed=None):
   """AutoAugment: one of the policy's sub-policies uniformly; each op applied with its prob."""
-  image = tf.convert_to_tensor(image)
-  if image.dtype != tf.uint8:
-    raise ValueError(f'image dtype must be uint8, got {image.dtype}')
+  image = _uint8_image(image)
   ops, mags, seeds = _autoaugment_layers(policy, _as_seed(seed))
-  return _apply_layers(image, ops, mags, seeds, AUTOAUGMENT_CONSTS)
-
-
-# ----------------------------------------------------------------------------------------------
-# crop sampling + fused crop/resize/flip/augment
-def sample_crop_window(shape, image_size: int, train_preprocess: str = 'inception_v2', seed=None):
-  """[y, x, h, w] int32 crop window on an image of `shape` ([h, w, c]).
-
-  inception_v2 (AML): sample_distorted_bounding_box(area (0.05,1), aspect (3/4,4/3)
-    [official: TF default (0.75,1.33)], min_object_covered=0, max_attempts=100 (TF default)).
-  inception_v1 (TPU/legacy): area (0.08,1), aspect (3/4,4/3), min_object_covered=0.1,
-    max_attempts=10, full-image bbox; if the sample is the whole image, the centre crop
-    int(S/(S+32)*min(h,w)) at ((h-c+1)//2, (w-c+1)//2).
-  """
-  shape = tf.cast(tf.convert_to_tensor(shape)[:3], tf.int32)
-  seed = _as_seed(seed)
-  if train_preprocess == 'inception_v2':
-    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        shape, tf.zeros([1, 0, 4], tf.float32), seed=seed, min_object_covered=0.0,
-        aspect_ratio_range=(0.75, 1.33), area_range=(0.05, 1.0), max_attempts=100,
-        use_image_if_no_bounding_boxes=True)
-    return tf.stack([begin[0], begin[1], size[0], size[1]])
-  if train_preprocess == 'inception_v1':
-    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        shape, tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed, min_object_covered=0.1,
-        aspect_ratio_range=(3. / 4, 4. / 3.), area_range=(0.08, 1.0), max_attempts=10,
-        use_image_if_no_bounding_boxes=True)
-    h, w = shape[0], shape[1]
-    c = tf.cast(image_size / (image_size + 32) * tf.cast(tf.minimum(h, w), tf.float32), tf.int32)
-    center = tf.stack([(h - c + 1) // 2, (w - c + 1) // 2, c, c])
-    window = tf.stack([begin[0], begin[1], size[0], size[1]])
-    full = tf.logical_and(tf.equal(size[0], h), tf.equal(size[1], w))
-    return tf.where(full, center, window)
-  raise ValueError(f'train_preprocess must be one of {TRAIN_CROPS} for the fused path, '
-                   f'got {train_preprocess!r}')
-
-
-def resize_flip_matrix(crop_h, crop_w, image_size, flip):
-  """Output (S x S) -> crop coordinates of tf.image.resize(bilinear, half-pixel) + optional h-flip."""
-  s = float(image_size)
-  sx = tf.cast(crop_w, tf.float32) / s
-  sy = tf.cast(crop_h, tf.float32) / s
-  r = _mat(sx, 0.0, 0.5 * sx - 0.5, 0.0, sy, 0.5 * sy - 0.5)
-  f = _mat(-1.0, 0.0, s - 1.0, 0.0, 1.0, 0.0)
-  return tf.where(tf.cast(flip, tf.bool), r @ f, r)
-
-
-def _decode_crop(image_or_bytes, image_size, train_preprocess, seed):
-  x = tf.convert_to_tensor(image_or_bytes)
-  if x.dtype == tf.string:
-    shape = tf.image.extract_jpeg_shape(x)
-    win = sample_crop_window(shape, image_size, train_preprocess, seed)
-    return tf.image.decode_and_crop_jpeg(x, win, channels=3)
-  if x.dtype != tf.uint8:
-    raise ValueError(f'image must be encoded JPEG bytes or uint8, got {x.dtype}')
-  win = sample_crop_window(tf.shape(x), image_size, train_preprocess, seed)
-  return tf.slice(x, [win[0], win[1], 0], [win[2], win[3], 3])
-
-
-def fused_train_preprocess(image_or_bytes, image_size: int, train_preprocess: str = 'inception_v2',
-                           augment: str = 'randaugment', num_layers: int = 2, magnitude=10.0,
-                           seed=None, flip: bool = True):
-  """Train preprocessing in (about) one resampling pass: crop -> resize -> flip -> RA/AA.
-
-  image_or_bytes: JPEG bytes (only the crop window is decoded) or a decoded uint8 HWC image.
-  augment: 'none' | 'randaugment' | 'autoaugment'. Returns uint8 [image_size, image_size, 3].
-  The resize is bilinear (half-pixel centres, no antialias, uint8 truncation like the official
-  clip+cast), whatever the config's resize_method.
-  """
-  if augment not in ('none', 'randaugment', 'autoaugment'):
-    raise ValueError(f"augment must be one of ('none', 'randaugment', 'autoaugment'), got {augment!r}")
-  seed = _as_seed(seed)
-  s_crop, s_flip, s_aug = tf.unstack(_split(seed, 3))
-  crop = _decode_crop(image_or_bytes, image_size, train_preprocess, s_crop)
-  ch, cw = tf.shape(crop)[0], tf.shape(crop)[1]
-  do_flip = _uniform(s_flip) < 0.5 if flip else tf.constant(False)
-  base = resize_flip_matrix(ch, cw, image_size, do_flip)
-  size = tf.constant([image_size, image_size], tf.int32)
-
-  def resample(matrix):
-    out = _transform(crop, matrix, interpolation='BILINEAR', fill_mode='NEAREST', output_shape=size)
-    out.set_shape([image_size, image_size, 3])
-    return out
-
-  if augment == 'none':
-    return resample(base)
-  if augment == 'randaugment':
-    ops, mags, seeds = _randaugment_layers(int(num_layers), magnitude, s_aug)
-    consts = RANDAUGMENT_CONSTS
-  else:
-    ops, mags, seeds = _autoaugment_layers('v0', s_aug)
-    consts = AUTOAUGMENT_CONSTS
-  return _fused_layers(resample, base, ops, mags, seeds, consts, image_size)
-
-
-def _fused_layers(resample, base, ops, mags, seeds, consts, image_size):
-  geo_idx = tf.constant([OP_INDEX[n] for n in GEOMETRIC_OPS], tf.int32)
-  nonpw_idx = tf.constant([OP_INDEX[n] for n in NON_POINTWISE_OPS], tf.int32)
-  is_geo = [tf.reduce_any(tf.equal(op, geo_idx)) for op in ops]
-  is_nonpw = [tf.reduce_any(tf.equal(op, nonpw_idx)) for op in ops]
-  # foldable unless a non-pointwise op comes before some geometric op
-  bad = tf.constant(False)
-  for i in range(len(ops)):
-    for j in range(i + 1, len(ops)):
-      bad = bad | (is_nonpw[i] & is_geo[j])
-  any_geo = tf.reduce_any(tf.stack(is_geo)) if ops else tf.constant(False)
-  s = image_size
-  mats = [geometric_matrix(op, m, sd, s, s, consts['translate_const'])
-          for op, m, sd in zip(ops, mags, seeds)]
-
-  # Flat graph (no tf.cond around the whole thing: nested functional control flow is expensive
-  # inside tf.data). fold: one bilinear pass with every geometric op composed in, geometric layers
-  # become "write the fill"; not fold: resample crop/resize/flip only and run the ops one by one.
-  fold = tf.logical_not(bad)
-  total = base
-  for g in mats:
-    total = total @ g
-  x = resample(tf.where(fold, total, base))
-
-  def labels():
-    lab = tf.zeros([s, s, 1], tf.uint8)
-    for k, (g, geo) in enumerate(zip(mats, is_geo)):
-      lab = tf.where(geo, _transform(lab, g, fill_value=k + 1), lab)
-    return lab
-
-  lab = tf.cond(fold & any_geo, labels, lambda: tf.zeros([s, s, 1], tf.uint8))
-  for k, (op, m, sd, geo) in enumerate(zip(ops, mags, seeds, is_geo)):
-    x = tf.where(lab == k + 1, tf.constant(FILL_VALUE, tf.uint8), x)  # geometric stage k fill
-    op_eff = tf.where(fold & geo, IDENTITY_OP, tf.cast(op, tf.int32))
-    x = _apply_op(x, op_eff, m, sd, consts['cutout_const'], consts['translate_const'])
-  out = x
-  out.set_shape([s, s, 3])
-  return out
-
-
-# ----------------------------------------------------------------------------------------------
-# transfer-learning 'ft' augmentation (AML preprocess_for_finetune)
-def ft_preprocess(image, image_size: int, is_training: bool = True, seed=None):
-  """AML 'ft': (x/255-0.5)/0.5, bilinear resize to S x S (no crop); train: h-flip, then cutout of
-  pad S//4 filled with U[0,1) noise (in the normalised domain, as the official code). float32 out."""
-  seed = _as_seed(seed)
-  x = (tf.cast(image, tf.float32) / 255.0 - 0.5) / 0.5
-  x = tf.image.resize(x, [image_size, image_size], method='bilinear')
-  if not is_training:
-    return x
-  s_flip, s_box, s_noise = tf.unstack(_split(seed, 3))
-  x = tf.where(_uniform(s_flip) < 0.5, x[:, ::-1], x)
-  box = cutout_box(image_size, image_size, image_size // 4, s_box)
-  noise = tf.random.stateless_uniform([image_size, image_size, 3], s_noise, 0.0, 1.0)
-  x = tf.where(_box_mask(image_size, image_size, box), noise, x)
-  x.set_shape([image_size, image_size, 3])
-  return x
+  return _apply_layers(image, ops, mags, seeds, AUTOAUGMENT_CUTOUT, AUTOAUGMENT_TRANSLATE)

@@ -58,13 +58,13 @@ def cutmix_boxes(rng, batch_size: int, height: int, width: int, cutmix_alpha):
 
 
 def box_masks(boxes, height: int, width: int):
-  """[B, H, W] float32 masks, 1 inside each box."""
+  """[B, H, W] bool masks, True inside each box [y0, y1) x [x0, x1) (int [B] each; the image clips them). Also
+  RandAugment's on-device Cutout box (effnet.data.randaugment_jax)."""
   y0, y1, x0, x1 = boxes
   ys = jnp.arange(height)[None, :, None]
   xs = jnp.arange(width)[None, None, :]
-  inside = ((ys >= y0[:, None, None]) & (ys < y1[:, None, None]) &
-            (xs >= x0[:, None, None]) & (xs < x1[:, None, None]))
-  return inside.astype(jnp.float32)
+  return ((ys >= y0[:, None, None]) & (ys < y1[:, None, None]) &
+          (xs >= x0[:, None, None]) & (xs < x1[:, None, None]))
 
 
 def mixup_cutmix(rng, images, labels, mixup_alpha, cutmix_alpha):
@@ -89,7 +89,7 @@ def mixup_cutmix(rng, images, labels, mixup_alpha, cutmix_alpha):
   lam = jax.random.beta(k_mix, _safe_alpha(mix_a), _safe_alpha(mix_a), (b,))
   lam = jnp.maximum(lam, 1.0 - lam)
 
-  masks = box_masks(cutmix_boxes(k_cut, b, h, w, cut_a), h, w)  # [B,H,W]
+  masks = box_masks(cutmix_boxes(k_cut, b, h, w, cut_a), h, w).astype(jnp.float32)  # [B,H,W]
   area = masks.mean(axis=(1, 2))
   # batch-mean box area over the cutmix group only (AML: reduce_sum(mask)/size(mask) on image[bs:])
   n_cut = jnp.maximum(is_cut.sum(), 1)

@@ -21,7 +21,6 @@ Design points:
 """
 import collections
 import difflib
-import inspect
 import math
 import os
 
@@ -36,69 +35,22 @@ except (RuntimeError, ValueError):  # pragma: no cover - already initialised
 
 from effnet.data import AUGMENTS, EVAL_PREPROCESS, RESIZE_METHODS, TRAIN_PREPROCESS  # noqa: E402
 
-# Defaults for config.data fields this module reads when a field is absent.
-DATA_DEFAULTS = {
-    "name": "digits",
-    "data_dir": None,
-    "manual_dir": None,
-    "train_split": "train",
-    "eval_split": None,  # None -> 'validation' if the dataset has one, else 'test'
-    "image_size": 224,
-    "eval_image_size": None,  # None -> image_size
-    "train_preprocess": "inception_v1",
-    "eval_preprocess": "center_crop_v1",
-    "crop_padding": 32,
-    "resize_method": None,  # None -> per recipe: legacy bicubic for *_v1, bilinear otherwise
-    "flip": True,
-    "augment": "none",
-    "randaug_num_layers": 2,
-    "randaug_magnitude": 10.0,
-    "shuffle_buffer": 16384,
-    "shuffle_files": True,
-    "cache": False,
-    "prefetch": -1,  # -1 / None -> tf.data.AUTOTUNE
-}
-
 _V2_NO_CROP_SIZE = 320  # AML center_crop_v2: at S >= 320 the whole image is squashed to SxS
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Config access and validation
+# Config access. Every function here takes a whole `config.data` (built from config_lib.base_config, the one source
+# of defaults) and reads its fields directly; config_lib.validate has checked them before any data loads.
 # ----------------------------------------------------------------------------------------------------------------
-def _get(data_cfg, field):
-  default = DATA_DEFAULTS[field]
-  if data_cfg is None:
-    return default
-  try:
-    value = data_cfg.get(field, default)
-  except AttributeError:
-    value = getattr(data_cfg, field, default)
-  return value
-
-
 def _check_choice(field, value, allowed):
+  """For the public image functions below, whose direct callers pass plain recipe names (not a validated config)."""
   if value not in allowed:
-    raise ValueError(f"config.data.{field}={value!r} is not supported; allowed values: {list(allowed)}")
-
-
-def validate_data_config(data_cfg):
-  """Raises ValueError (naming the field and the allowed values) for bad preprocessing names; cheap, no I/O."""
-  _check_choice("train_preprocess", _get(data_cfg, "train_preprocess"), TRAIN_PREPROCESS)
-  _check_choice("eval_preprocess", _get(data_cfg, "eval_preprocess"), EVAL_PREPROCESS)
-  _check_choice("augment", _get(data_cfg, "augment"), AUGMENTS)
-  _check_choice("resize_method", _get(data_cfg, "resize_method"), (None,) + RESIZE_METHODS)
-  name = _get(data_cfg, "name")
-  if not isinstance(name, str) or not name:
-    raise ValueError(f"config.data.name={name!r} must be a non-empty tfds dataset name, e.g. 'digits' or 'imagenet2012'")
-  crop_padding = _get(data_cfg, "crop_padding")
-  if crop_padding is None or crop_padding < 0:
-    raise ValueError(f"config.data.crop_padding={crop_padding!r} must be an int >= 0")
+    raise ValueError(f"data.{field}={value!r}; allowed: {tuple(allowed)}")
 
 
 def per_host_batch_size(global_batch_size, process_count, field="train.batch_size"):
-  """global // process_count; ValueError naming `field` when it does not divide."""
-  if global_batch_size is None or global_batch_size <= 0:
-    raise ValueError(f"{field}={global_batch_size!r} must be a positive integer")
+  """global // process_count; ValueError naming `field` when it does not divide (the process count is known only
+  here, so config_lib.validate, which checks that the batch is > 0, cannot)."""
   if global_batch_size % process_count:
     raise ValueError(
         f"{field}={global_batch_size} is not divisible by the number of processes ({process_count}); "
@@ -129,9 +81,8 @@ def get_builder(data_cfg, *, prepare=True):
   Errors (ValueError) before anything compiles: unknown dataset name (with close matches), and for datasets that
   need a manual download (imagenet2012) a missing manual_dir, naming the directory where tfds looks for the tars.
   """
-  validate_data_config(data_cfg)
-  name = _get(data_cfg, "name")
-  data_dir = _get(data_cfg, "data_dir")
+  name = data_cfg.name
+  data_dir = data_cfg.data_dir
   if _base_name(name) == "digits":
     from effnet.data import digits as _digits  # noqa: F401  (registers the builder)
   if data_dir is not None:
@@ -143,9 +94,9 @@ def get_builder(data_cfg, *, prepare=True):
     known = tfds.list_builders(with_community_datasets=False)
     close = difflib.get_close_matches(_base_name(name), known, n=5)
     raise ValueError(
-        f"config.data.name={name!r} is not a known tfds dataset. Use 'digits' (built in, offline), "
+        f"data.name={name!r} is not a known tfds dataset; allowed: 'digits' (built in, offline), "
         f"'imagenet2012' (manual download) or any name from tfds.list_builders()"
-        + (f"; close matches: {close}" if close else "") + ".") from e
+        + (f"; close matches: {close}" if close else "")) from e
   if prepare:
     _prepare(builder, data_cfg)
   return builder
@@ -154,7 +105,7 @@ def get_builder(data_cfg, *, prepare=True):
 def _prepare(builder, data_cfg):
   if builder.is_prepared():
     return
-  manual_dir = _get(data_cfg, "manual_dir")
+  manual_dir = data_cfg.manual_dir
   needs_manual = bool(getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None))
   expected_manual = manual_dir or os.path.join(str(builder._data_dir_root), "downloads", "manual")  # pylint: disable=protected-access
   download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
@@ -196,7 +147,7 @@ def default_eval_split(builder):
 
 
 def _eval_split(data_cfg, builder):
-  return _get(data_cfg, "eval_split") or default_eval_split(builder)
+  return data_cfg.eval_split or default_eval_split(builder)
 
 
 def num_train_examples(data_cfg, override=None, builder=None):
@@ -204,10 +155,10 @@ def num_train_examples(data_cfg, override=None, builder=None):
   if override is not None:
     return int(override)
   builder = builder or get_builder(data_cfg)
-  n = _split_num_examples(builder, _get(data_cfg, "train_split"))
+  n = _split_num_examples(builder, data_cfg.train_split)
   if n is None:
     raise ValueError(
-        f"cannot read the size of split {_get(data_cfg, 'train_split')!r} of {builder.name!r} from tfds; "
+        f"cannot read the size of split {data_cfg.train_split!r} of {builder.name!r} from tfds; "
         f"set config.train.num_train_examples")
   return n
 
@@ -231,6 +182,15 @@ def _keys(builder):
   if isinstance(sk, tuple) and len(sk) == 2 and all(isinstance(k, str) for k in sk):
     return sk
   return "image", "label"
+
+
+def _host_reading(data_cfg, global_batch_size, batch_field, process_index, process_count, builder):
+  """What one host's train or eval stream is read with: (process index, process count, per-host batch, the tfds
+  builder, image key, label key); the batch is checked against the process count before the builder loads."""
+  process_index, process_count = _process_info(process_index, process_count)
+  batch = per_host_batch_size(global_batch_size, process_count, batch_field)
+  builder = builder or get_builder(data_cfg)
+  return (process_index, process_count, batch, builder) + tuple(_keys(builder))
 
 
 def _decoders(builder):
@@ -372,48 +332,25 @@ def preprocess_train_image(image, image_size, seed, recipe="inception_v1", crop_
   return out
 
 
-def _call_with_optional_seed(fn, *args, seed=None, **kwargs):
-  try:
-    params = inspect.signature(fn).parameters
-  except (TypeError, ValueError):
-    params = {}
-  if "seed" in params:
-    kwargs["seed"] = seed
-  return fn(*args, **kwargs)
-
-
 def apply_augment(image, augment, num_layers, magnitude, seed):
   """Augmentation hook on a uint8 HWC image. effnet.data.augment is imported lazily (only when used)."""
   _check_choice("augment", augment, AUGMENTS)
   if augment == "none":
     return image
+  from effnet.data import augment as aug  # pylint: disable=import-outside-toplevel
   if augment == "ft":
     size = image.shape[0] or tf.shape(image)[0]
-    return cutout(image, pad_size=size // 4, replace=128, seed=seed)
-  from effnet.data import augment as aug  # pylint: disable=import-outside-toplevel
+    return aug.cutout(image, pad_size=size // 4, fill=128, seed=seed)
   if augment == "randaugment":
-    return _call_with_optional_seed(aug.randaugment, image, num_layers, magnitude, seed=seed)
-  return _call_with_optional_seed(aug.autoaugment, image, policy="v0", seed=seed)
-
-
-def cutout(image, pad_size, replace, seed):
-  """Official-style cutout: a (2*pad_size)^2 box centred at a uniform pixel, clipped to the image, set to `replace`."""
-  shape = tf.shape(image)
-  h, w = shape[0], shape[1]
-  s1, s2 = tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=2))
-  cy = tf.random.stateless_uniform([], s1, 0, h, dtype=tf.int32)
-  cx = tf.random.stateless_uniform([], s2, 0, w, dtype=tf.int32)
-  rows = tf.range(h)[:, None]
-  cols = tf.range(w)[None, :]
-  inside = (rows >= cy - pad_size) & (rows < cy + pad_size) & (cols >= cx - pad_size) & (cols < cx + pad_size)
-  return tf.where(inside[..., None], tf.cast(replace, image.dtype), image)
+    return aug.randaugment(image, num_layers, magnitude, seed=seed)
+  return aug.autoaugment(image, policy="v0", seed=seed)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Datasets
 # ----------------------------------------------------------------------------------------------------------------
 def _prefetch(data_cfg):
-  p = _get(data_cfg, "prefetch")
+  p = data_cfg.prefetch
   return tf.data.AUTOTUNE if p is None or p < 0 else int(p)
 
 
@@ -436,32 +373,28 @@ def create_train_dataset(data_cfg, *, global_batch_size, image_size=None, proces
   `skip_examples` drops that many of this host's examples at the start of `start_epoch` before any decoding, so a
   run resumed mid-epoch continues the exact example stream (and per-example augmentation seeds) it left.
   """
-  validate_data_config(data_cfg)
-  process_index, process_count = _process_info(process_index, process_count)
-  batch = per_host_batch_size(global_batch_size, process_count, "train.batch_size")
-  builder = builder or get_builder(data_cfg)
-  image_key, label_key = _keys(builder)
-  image_size = int(image_size or _get(data_cfg, "image_size"))
-  recipe = _get(data_cfg, "train_preprocess")
-  augment = augment if augment is not None else _get(data_cfg, "augment")
-  _check_choice("augment", augment, AUGMENTS)
-  num_layers = randaug_num_layers if randaug_num_layers is not None else _get(data_cfg, "randaug_num_layers")
-  magnitude = randaug_magnitude if randaug_magnitude is not None else _get(data_cfg, "randaug_magnitude")
-  crop_padding = _get(data_cfg, "crop_padding")
-  resize_method = _get(data_cfg, "resize_method")
-  flip = bool(_get(data_cfg, "flip"))
+  process_index, process_count, batch, builder, image_key, label_key = _host_reading(
+      data_cfg, global_batch_size, "train.batch_size", process_index, process_count, builder)
+  image_size = int(image_size or data_cfg.image_size)
+  recipe = data_cfg.train_preprocess
+  augment = augment if augment is not None else data_cfg.augment
+  num_layers = randaug_num_layers if randaug_num_layers is not None else data_cfg.randaug_num_layers
+  magnitude = randaug_magnitude if randaug_magnitude is not None else data_cfg.randaug_magnitude
+  crop_padding = data_cfg.crop_padding
+  resize_method = data_cfg.resize_method
+  flip = bool(data_cfg.flip)
 
-  split = tfds.split_for_jax_process(_get(data_cfg, "train_split"), process_index=process_index,
+  split = tfds.split_for_jax_process(data_cfg.train_split, process_index=process_index,
                                      process_count=process_count, drop_remainder=True)
   host_seed = tf.constant([seed, process_index], tf.int64)
   read_config = tfds.ReadConfig(shuffle_seed=int(seed) * 1000003 + process_index,
                                 shuffle_reshuffle_each_iteration=True, options=_options())
-  base = builder.as_dataset(split=split, shuffle_files=bool(shuffle and _get(data_cfg, "shuffle_files")),
+  base = builder.as_dataset(split=split, shuffle_files=bool(shuffle and data_cfg.shuffle_files),
                             decoders=_decoders(builder), read_config=read_config)
   base = base.map(lambda ex: {"image": ex[image_key], "label": ex[label_key]})
-  if _get(data_cfg, "cache"):
+  if data_cfg.cache:
     base = base.cache()
-  buffer = int(_get(data_cfg, "shuffle_buffer") or 1)
+  buffer = int(data_cfg.shuffle_buffer)
 
   def epoch_dataset(epoch):
     epoch_seed = tf.random.experimental.stateless_fold_in(host_seed, epoch)
@@ -503,15 +436,12 @@ num_examples: the whole eval split (all hosts); host_num_examples: this host's r
 def create_eval_dataset(data_cfg, *, global_batch_size, image_size=None, process_index=None, process_count=None,
                         builder=None):
   """Eval batches for this host: every example exactly once over all hosts, same batch count on every host."""
-  validate_data_config(data_cfg)
-  process_index, process_count = _process_info(process_index, process_count)
-  batch = per_host_batch_size(global_batch_size, process_count, "eval batch size")
-  builder = builder or get_builder(data_cfg)
-  image_key, label_key = _keys(builder)
-  image_size = int(image_size or _get(data_cfg, "eval_image_size") or _get(data_cfg, "image_size"))
-  recipe = _get(data_cfg, "eval_preprocess")
-  crop_padding = _get(data_cfg, "crop_padding")
-  resize_method = _get(data_cfg, "resize_method")
+  process_index, process_count, batch, builder, image_key, label_key = _host_reading(
+      data_cfg, global_batch_size, "eval batch size", process_index, process_count, builder)
+  image_size = int(image_size or data_cfg.eval_image_size)
+  recipe = data_cfg.eval_preprocess
+  crop_padding = data_cfg.crop_padding
+  resize_method = data_cfg.resize_method
   split = _eval_split(data_cfg, builder)
   decoders = _decoders(builder)
 
@@ -538,7 +468,7 @@ def create_eval_dataset(data_cfg, *, global_batch_size, image_size=None, process
       "label": tf.constant(0, tf.int32),
       "mask": tf.constant(0, tf.int32)}).repeat()
   ds = ds.concatenate(pad).take(num_batches * batch).batch(batch, drop_remainder=True)
-  if _get(data_cfg, "cache"):
+  if data_cfg.cache:
     ds = ds.cache()
   ds = ds.prefetch(_prefetch(data_cfg)).with_options(_options())
   return EvalData(ds, num_batches, int(sum(counts)), int(host_count), batch)

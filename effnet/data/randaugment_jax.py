@@ -54,17 +54,16 @@ Deviations from the host version (documented, tested where it matters):
 from __future__ import annotations
 
 import math
-import time
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from effnet.data.policy import FILL_VALUE, GEOMETRIC_OPS, MAX_LEVEL, OP_INDEX, RANDAUGMENT_OPS  # noqa: F401
+from effnet.data.mix import box_masks
+from effnet.data.policy import (FILL_VALUE, GEOMETRIC_OPS, LEVEL_SCALES, MAX_LEVEL, OP_INDEX,  # noqa: F401
+                                RANDAUGMENT_CUTOUT, RANDAUGMENT_OPS, RANDAUGMENT_TRANSLATE)
 
 NUM_OPS = len(RANDAUGMENT_OPS)
-IDENTITY_OP = -1  # any index outside [0, 16) leaves the sample unchanged
 
 
 def EQUALIZE_CAPACITY(batch: int) -> int:  # noqa: N802 (a constant-like rule)
@@ -73,28 +72,47 @@ def EQUALIZE_CAPACITY(batch: int) -> int:  # noqa: N802 (a constant-like rule)
   return int(min(batch, math.ceil(mean + 6.0 * math.sqrt(mean) + 2)))
 
 
+def _on_subset(fn, images, mask):
+  """fn(images) for the samples with mask (others: unspecified), computing fn on at most
+  EQUALIZE_CAPACITY(B) samples (mask samples gathered to the front); exact full-batch fallback
+  under lax.cond when more samples need it."""
+  b = images.shape[0]
+  cap = EQUALIZE_CAPACITY(b)
+  if cap >= b:
+    return fn(images)
+
+  def subset(_):
+    order = jnp.argsort(~mask, stable=True)[:cap]
+    slot = jnp.zeros((b,), jnp.int32).at[order].set(jnp.arange(cap, dtype=jnp.int32))
+    return fn(images[order])[slot]
+
+  return jax.lax.cond(jnp.sum(mask) > cap, lambda _: fn(images), subset, None)
+
+
 # ----------------------------------------------------------------------------------------------
 # magnitude -> arguments (traced-scalar friendly)
-def _const(c):
-  """A float32 constant XLA cannot see through: under jit XLA rewrites `x / C` as `x * (1/C)`
-  (measured: 1.72 -> 1.7199999 for M=9), the host divides; an opaque divisor keeps the true,
-  correctly rounded division."""
-  return jax.lax.optimization_barrier(jnp.float32(c))
+def _div(x, c):
+  """float32 x / c, correctly rounded as on the host. Under jit XLA rewrites a division by a scalar (a constant, and
+  on jax 0.12 even a traced one) as `x * (1/c)`, which is 1 ulp off for some values (M=9: 1.72 -> 1.7199999). A
+  divisor with x's own shape that XLA cannot prove constant keeps the true division."""
+  x = jnp.asarray(x, jnp.float32)
+  divisor = jnp.where(jnp.isnan(x), x, jnp.float32(c))  # equal to c; `x != x` cannot be folded for floats
+  return x / jax.lax.optimization_barrier(divisor)
 
 
 def _level(magnitude):
-  return jnp.asarray(magnitude, jnp.float32) / _const(MAX_LEVEL)
+  return _div(magnitude, MAX_LEVEL)
 
 
 def _int_arg(magnitude, scale: float):
   m = jnp.asarray(magnitude, jnp.float32)
-  return jnp.floor(m * scale / _const(MAX_LEVEL)).astype(jnp.int32)
+  return jnp.floor(_div(m * scale, MAX_LEVEL)).astype(jnp.int32)
 
 
 def enhance_factor(magnitude):
   """1.8*level + 0.1 (see module docstring for the float32 formulation)."""
   m = jnp.asarray(magnitude, jnp.float32)
-  return (m * 18.0 + 10.0) / _const(100.0)
+  return _div(m * 18.0 + 10.0, 100.0)
 
 
 def _mul(f, n):
@@ -135,11 +153,12 @@ def layer_params(rng, batch: int, height: int, width: int):
 
 # ----------------------------------------------------------------------------------------------
 # geometric ops: per-sample affine matrix + one nearest gather
-def geometric_matrices(op, magnitude, sign, height: int, width: int, translate_const=100.0):
+def geometric_matrices(op, magnitude, sign, height: int, width: int, translate_const=RANDAUGMENT_TRANSLATE):
   """[B, 2, 3] output (x=col, y=row) -> source affine rows; identity for non-geometric ops."""
   is_op = lambda name: op == OP_INDEX[name]
-  scale = jnp.where(is_op('Rotate'), 30.0,
-                    jnp.where(is_op('ShearX') | is_op('ShearY'), 0.3,
+  # Same level-scale selects as augment.geometric_matrix: jnp here, TF there (this module stays TF-free).
+  scale = jnp.where(is_op('Rotate'), LEVEL_SCALES['Rotate'],
+                    jnp.where(is_op('ShearX') | is_op('ShearY'), LEVEL_SCALES['ShearX'],
                               jnp.where(is_op('TranslateX') | is_op('TranslateY'),
                                         float(translate_const), 0.0)))
   v = _level(magnitude) * scale * sign
@@ -200,29 +219,12 @@ def equalize_luts(hist):
 
 
 def _equalize_luts_batch(images, is_eq):
-  """Equalize LUTs [B, C, 256] for the samples with is_eq (others: identity rows).
-
-  Histograms are built only for up to EQUALIZE_CAPACITY(B) samples (those with is_eq moved to
-  the front); if more samples need it, an exact full-batch path runs instead (lax.cond).
-  """
+  """Equalize LUTs [B, C, 256] for the samples with is_eq (others: identity rows); the histograms are built for at
+  most EQUALIZE_CAPACITY(B) samples (`_on_subset`)."""
   b, _, _, ch = images.shape
-  cap = EQUALIZE_CAPACITY(b)
   ident = jnp.broadcast_to(jnp.arange(256, dtype=jnp.int32), (b, ch, 256))
-
-  def full(_):
-    return jnp.where(is_eq[:, None, None], equalize_luts(_histograms(images)), ident)
-
-  if cap >= b:
-    return full(None)
-
-  def subset(_):
-    order = jnp.argsort(~is_eq, stable=True)[:cap]  # equalize samples first
-    luts = equalize_luts(_histograms(images[order]))  # [cap, C, 256]
-    slot = jnp.full((b,), cap, jnp.int32).at[order].set(jnp.arange(cap, dtype=jnp.int32))
-    padded = jnp.concatenate([luts, ident[:1]], axis=0)  # slot `cap` = identity
-    return jnp.where(is_eq[:, None, None], padded[slot], ident)
-
-  return jax.lax.cond(jnp.sum(is_eq) > cap, full, subset, None)
+  luts = _on_subset(lambda x: equalize_luts(_histograms(x)), images, is_eq)
+  return jnp.where(is_eq[:, None, None], luts, ident)
 
 
 def pointwise_luts(images, op, magnitude):
@@ -239,12 +241,12 @@ def pointwise_luts(images, op, magnitude):
   auto = jnp.floor(jnp.clip(_mul(sc, vf) + (-_mul(sc, lo)), 0.0, 255.0)).astype(jnp.int32)
   auto = jnp.where(hi > lo, auto, v)
 
-  bits = _int_arg(magnitude, 4.0)
+  bits = _int_arg(magnitude, LEVEL_SCALES['Posterize'])
   shift = jnp.minimum(jnp.mod(8 - bits, 256), 7)
   post = v & ((255 << shift) & 255)
-  thr = jnp.mod(_int_arg(magnitude, 256.0), 256)
+  thr = jnp.mod(_int_arg(magnitude, LEVEL_SCALES['Solarize']), 256)
   sol = jnp.where(v < thr, v, 255 - v)
-  add = _int_arg(magnitude, 110.0)
+  add = _int_arg(magnitude, LEVEL_SCALES['SolarizeAdd'])
   sol_add = jnp.where(v < 128, jnp.clip(v + add, 0, 255), v)
   bright = _blend(0.0, vf, factor).astype(jnp.int32)
   mean = float(np.floor(np.clip(h * w / 256.0, 0.0, 255.0)))
@@ -301,41 +303,20 @@ def sharpness(images, factor):
   rows = x[:, :, :-2] + x[:, :, 1:-1] + x[:, :, 2:]
   box = rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]
   inner = x[:, 1:-1, 1:-1]
-  smooth = jnp.floor(jnp.clip((box + 4.0 * inner) / _const(13.0), 0.0, 255.0))
+  smooth = jnp.floor(jnp.clip(_div(box + 4.0 * inner, 13.0), 0.0, 255.0))
   mixed = _blend(smooth, inner, factor)
   return x.at[:, 1:-1, 1:-1].set(mixed)
 
 
 def cutout_masks(cy, cx, pad, height: int, width: int):
-  """[B,H,W] bool: official box rows [cy-pad, cy+pad) x cols [cx-pad, cx+pad), clipped."""
-  y0, y1 = jnp.maximum(0, cy - pad), jnp.minimum(height, cy + pad)
-  x0, x1 = jnp.maximum(0, cx - pad), jnp.minimum(width, cx + pad)
-  ys = jnp.arange(height)[None, :, None]
-  xs = jnp.arange(width)[None, None, :]
-  return ((ys >= y0[:, None, None]) & (ys < y1[:, None, None]) &
-          (xs >= x0[:, None, None]) & (xs < x1[:, None, None]))
-
-
-def _on_subset(fn, images, mask):
-  """fn(images) for the samples with mask (others: unspecified), computing fn on at most
-  EQUALIZE_CAPACITY(B) samples (mask samples gathered to the front); exact full-batch fallback
-  under lax.cond when more samples need it."""
-  b = images.shape[0]
-  cap = EQUALIZE_CAPACITY(b)
-  if cap >= b:
-    return fn(images)
-
-  def subset(_):
-    order = jnp.argsort(~mask, stable=True)[:cap]
-    slot = jnp.zeros((b,), jnp.int32).at[order].set(jnp.arange(cap, dtype=jnp.int32))
-    return fn(images[order])[slot]
-
-  return jax.lax.cond(jnp.sum(mask) > cap, lambda _: fn(images), subset, None)
+  """[B,H,W] bool: official box rows [cy-pad, cy+pad) x cols [cx-pad, cx+pad) (the image clips it)."""
+  return box_masks((cy - pad, cy + pad, cx - pad, cx + pad), height, width)
 
 
 # ----------------------------------------------------------------------------------------------
 # one layer / public API
-def apply_layer(images, op, magnitude, sign, cy, cx, cutout_const=40, translate_const=100):
+def apply_layer(images, op, magnitude, sign, cy, cx, cutout_const=RANDAUGMENT_CUTOUT,
+                translate_const=RANDAUGMENT_TRANSLATE):
   """Apply per-sample op `op` [B] (int; outside [0,16) = identity) with explicit random draws.
 
   images uint8 [B,H,W,3]; sign [B] +-1 for the geometric ops; cy, cx [B] cutout centres.
@@ -372,7 +353,8 @@ def _check(images):
   return images
 
 
-def apply_op(images, op_index, magnitude, rng, cutout_const=40, translate_const=100):
+def apply_op(images, op_index, magnitude, rng, cutout_const=RANDAUGMENT_CUTOUT,
+             translate_const=RANDAUGMENT_TRANSLATE):
   """Apply ONE op (index into RANDAUGMENT_OPS, or its name) to every sample; rng draws sign/box."""
   if isinstance(op_index, str):
     if op_index not in OP_INDEX:
@@ -386,8 +368,8 @@ def apply_op(images, op_index, magnitude, rng, cutout_const=40, translate_const=
                      translate_const)
 
 
-def randaugment(rng, images, num_layers: int = 2, magnitude=10.0, cutout_const=40,
-                translate_const=100):
+def randaugment(rng, images, num_layers: int = 2, magnitude=10.0, cutout_const=RANDAUGMENT_CUTOUT,
+                translate_const=RANDAUGMENT_TRANSLATE):
   """RandAugment on a uint8 batch [B,H,W,3]: each layer draws an op per sample. jit-friendly.
 
   magnitude may be a traced float scalar. num_layers is static (a Python int >= 0).
@@ -401,35 +383,3 @@ def randaugment(rng, images, num_layers: int = 2, magnitude=10.0, cutout_const=4
     images = apply_layer(images, p['op'], magnitude, p['sign'], p['cy'], p['cx'], cutout_const,
                          translate_const)
   return images
-
-
-def bench(batch: int = 128, size: int = 300, num_layers: int = 2, magnitude: float = 10.0,
-          iters: int = 5, seed: int = 0) -> float:
-  """Print and return images/s of the jitted randaugment on the default JAX device."""
-  import skimage.data  # test/benchmark-only dependency
-  photos = [skimage.data.astronaut(), skimage.data.chelsea(), skimage.data.coffee()]
-  ims = []
-  for i in range(batch):
-    p = photos[i % len(photos)]
-    ys = (np.arange(size) * p.shape[0] // size)
-    xs = (np.arange(size) * p.shape[1] // size)
-    ims.append(p[ys][:, xs, :3])
-  images = jax.device_put(np.stack(ims).astype(np.uint8))
-  fn = jax.jit(randaugment, static_argnums=(2,))
-  rng = jax.random.key(seed)
-  mag = jnp.float32(magnitude)
-  t0 = time.perf_counter()
-  fn(rng, images, num_layers, mag).block_until_ready()
-  compile_s = time.perf_counter() - t0
-  times = []
-  for i in range(iters):
-    k = jax.random.fold_in(rng, i + 1)
-    t0 = time.perf_counter()
-    fn(k, images, num_layers, mag).block_until_ready()
-    times.append(time.perf_counter() - t0)
-  best = float(np.median(times))
-  ips = batch / best
-  print(f'randaugment_jax bench: device={jax.devices()[0].platform} batch={batch} size={size} '
-        f'N={num_layers} M={magnitude}: {ips:.1f} images/s (median {best * 1e3:.1f} ms/batch, '
-        f'compile {compile_s:.1f} s)')
-  return ips

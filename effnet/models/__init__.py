@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Mapping, Optional
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -16,18 +16,12 @@ import numpy as np
 from effnet.models import arch
 from effnet.models.arch import BlockSpec, Block
 from effnet.models.efficientnet import EfficientNet, block_groups, group_name
-from effnet.models.layers import DEPTHWISE_IMPLS
+from effnet.models.layers import DEPTHWISE_IMPLS  # noqa: F401  (config_lib.validate's allowed model.depthwise_impl)
 
 FAMILIES = ('v1', 'v2')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 V1_VARIANTS = tuple(arch.V1_TABLE)
 V2_VARIANTS = tuple(arch.V2_TABLE)
-
-
-def _get(cfg, name, default=None):
-  if isinstance(cfg, Mapping):
-    return cfg.get(name, default)
-  return getattr(cfg, name, default) if hasattr(cfg, name) else default
 
 
 def variant_settings(family: str, variant: str) -> dict:
@@ -64,53 +58,29 @@ def variant_settings(family: str, variant: str) -> dict:
 
 
 def model_blocks(model_config) -> tuple[list[Block], int, int]:
-  """Scaled, unrolled blocks plus stem and head widths for a model config; validates every field it reads."""
-  blocks = _get(model_config, 'blocks')
-  if not blocks:
-    raise ValueError('model.blocks is empty; give block strings such as "r1_k3_s11_e1_i32_o16_se0.25"')
-  width = float(_get(model_config, 'width_coefficient', 1.0))
-  depth = float(_get(model_config, 'depth_coefficient', 1.0))
-  rule = _get(model_config, 'round_rule', 'tpu')
-  divisor = int(_get(model_config, 'depth_divisor', 8))
-  min_depth = _get(model_config, 'min_depth', None)
-  se_ratio = _get(model_config, 'se_ratio', None)
-  survival = float(_get(model_config, 'survival_prob', 0.8))
-  if divisor < 1:
-    raise ValueError(f'model.depth_divisor={divisor}; allowed: >= 1')
-  if not 0.0 < survival <= 1.0:
-    raise ValueError(f'model.survival_prob={survival}; allowed: (0, 1]')
-  stages = arch.scale_stages(blocks, width, depth, rule, divisor, min_depth, se_ratio)
-  stem, head = arch.stem_and_head(blocks, width, int(_get(model_config, 'head_filters', 1280)), rule, divisor,
-                                  min_depth)
-  return arch.expand_blocks(stages, survival), stem, head
+  """Scaled, unrolled blocks plus stem and head widths of a whole `config.model` (a ConfigDict or its `.to_dict()`).
+
+  The fields are read as they are: their defaults are `config_lib.base_config`'s and their checks
+  `config_lib.validate`'s (block strings are parsed, and so checked, by `arch.BlockSpec.decode`).
+  """
+  blocks, width, rule = model_config['blocks'], float(model_config['width_coefficient']), model_config['round_rule']
+  divisor, min_depth = int(model_config['depth_divisor']), model_config['min_depth']
+  stages = arch.scale_stages(blocks, width, float(model_config['depth_coefficient']), rule, divisor, min_depth,
+                             model_config['se_ratio'])
+  stem, head = arch.stem_and_head(blocks, width, int(model_config['head_filters']), rule, divisor, min_depth)
+  return arch.expand_blocks(stages, float(model_config['survival_prob'])), stem, head
 
 
 def build_model(model_config) -> EfficientNet:
-  """Builds the Linen module described by `config.model` (a ConfigDict or a plain mapping)."""
+  """Builds the Linen module described by a whole `config.model` (a ConfigDict or its `.to_dict()`), validated by
+  `config_lib.validate`; a mapping of a few fields is not enough (there are no defaults here)."""
   blocks, stem, head = model_blocks(model_config)
-  dtype_name = _get(model_config, 'dtype', 'float32')
-  if dtype_name not in DTYPES:
-    raise ValueError(f'model.dtype={dtype_name!r}; allowed: {tuple(DTYPES)}')
-  impl = _get(model_config, 'depthwise_impl', 'auto')
-  if impl not in DEPTHWISE_IMPLS:
-    raise ValueError(f'model.depthwise_impl={impl!r}; allowed: {DEPTHWISE_IMPLS}')
-  num_classes = int(_get(model_config, 'num_classes', 1000))
-  if num_classes < 0:
-    raise ValueError(f'model.num_classes={num_classes}; allowed: >= 0 (0 = no classifier)')
-  drop = float(_get(model_config, 'dropout_rate', 0.2))
-  if not 0.0 <= drop < 1.0:
-    raise ValueError(f'model.dropout_rate={drop}; allowed: [0, 1)')
-  scan = _get(model_config, 'scan_blocks', False)
-  if not isinstance(scan, bool):
-    raise ValueError(f'model.scan_blocks={scan!r}; allowed: True or False')
-  group = int(_get(model_config, 'bn_group_size', 0) or 0)
-  if group < 0:
-    raise ValueError(f'model.bn_group_size={group}; allowed: 0 (global batch) or a positive example count')
   return EfficientNet(
-      blocks=tuple(blocks), stem_filters=stem, head_filters=head, num_classes=num_classes, dropout_rate=drop,
-      bn_momentum=float(_get(model_config, 'bn_momentum', 0.99)),
-      bn_epsilon=float(_get(model_config, 'bn_epsilon', 1e-3)), bn_group_size=group,
-      dtype=DTYPES[dtype_name], depthwise_impl=impl, scan_blocks=bool(scan))
+      blocks=tuple(blocks), stem_filters=stem, head_filters=head, num_classes=int(model_config['num_classes']),
+      dropout_rate=float(model_config['dropout_rate']), bn_momentum=float(model_config['bn_momentum']),
+      bn_epsilon=float(model_config['bn_epsilon']), bn_group_size=int(model_config['bn_group_size']),
+      dtype=DTYPES[model_config['dtype']], depthwise_impl=model_config['depthwise_impl'],
+      scan_blocks=bool(model_config['scan_blocks']))
 
 
 def abstract_variables(module: EfficientNet, image_size: int, batch: int = 1):

@@ -2,7 +2,8 @@
 
 Everything here is plain Python (no JAX), so configs, the NAS sampler and the summary tool can reason about an
 architecture without building it. The numbers are the official ones (tensorflow/tpu `efficientnet_builder.py`,
-google/automl `efficientnetv2/effnetv2_configs.py`); see README "Fidelity" for where papers and code disagree.
+google/automl `efficientnetv2/effnetv2_configs.py`); docs/fidelity.md §1 and §8 say where papers and code
+disagree.
 """
 from __future__ import annotations
 
@@ -173,6 +174,8 @@ def round_filters(filters: float, width: float, rule: str = 'tpu', divisor: int 
   'tpu' (v1, tensorflow/tpu) bumps by one divisor when rounding lost more than 10%; 'automl' (v2) does not.
   This is why v1-B3's first stage has 24 channels where AutoML's rounding gives 16.
   """
+  # A wrong name would silently round like 'automl', and callers outside a config pass plain values: the one check
+  # of the name it dispatches on.
   if rule not in ROUND_RULES:
     raise ValueError(f'model.round_rule={rule!r}; allowed: {ROUND_RULES}')
   min_depth = min_depth or divisor
@@ -194,8 +197,9 @@ def phi_coefficients(phi: float):
 
 
 def round_to_multiple(size: float, multiple: int) -> int:
-  """The nearest multiple of `multiple` (halves round up), at least `multiple`: the one rounding of image sizes, used
-  for φ-scaled resolutions, progressive-learning stages and the scaling searches."""
+  """The nearest multiple of `multiple` (halves round up), at least `multiple`.
+
+  The one rounding of image sizes: φ-scaled resolutions, progressive-learning stages and the scaling searches."""
   return max(int(multiple), int(multiple) * int(math.floor(size / multiple + 0.5)))
 
 
@@ -226,11 +230,8 @@ class Block:
 def scale_stages(blocks: Sequence[str | BlockSpec], width: float, depth: float, rule: str = 'tpu',
                  divisor: int = 8, min_depth: Optional[int] = None,
                  se_ratio: Optional[float] = None) -> list[BlockSpec]:
-  """Applies width/depth scaling to each stage spec (filters rounded, repeats rounded up)."""
-  if width <= 0:
-    raise ValueError(f'model.width_coefficient={width}; allowed: > 0')
-  if depth <= 0:
-    raise ValueError(f'model.depth_coefficient={depth}; allowed: > 0')
+  """Applies width/depth scaling to each stage spec (filters rounded, repeats rounded up); the coefficients' range
+  (> 0) is checked by `config_lib.validate`."""
   out = []
   for b in blocks:
     spec = BlockSpec.decode(b) if isinstance(b, str) else b

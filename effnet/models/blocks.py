@@ -70,6 +70,7 @@ class MBConv(_BlockBase):
 
 class FusedMBConv(_BlockBase):
   """e≠1: k×k expand conv (stride) → [SE] → 1×1 project (BN, no act). e=1: one k×k conv (stride) → BN → act."""
+  # Same shape as MBConv.__call__ on purpose: each reads as its official layer sequence (docs/fidelity.md §1).
 
   @nn.compact
   def __call__(self, inputs, train: bool = False, survival_prob=None):

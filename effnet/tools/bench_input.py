@@ -1,14 +1,20 @@
-"""Per-core throughput of the host train preprocessing (prints a table; not a test).
+"""Per-core throughput of the host preprocessing that training runs (prints a table; not a test).
 
-Why: RandAugment on the host is the usual input bottleneck of EfficientNet training. This measures,
-on one core (tf.data num_parallel_calls=1, private threadpool 1, intra-op 1), on real JPEGs
-(skimage.data photos cropped/jittered to ~500x375, quality 90, built locally):
-  decode        JPEG decode only
-  crop          decode_and_crop_jpeg (inception crop) + bilinear resize + flip
-  crop+RA(off)  same + an official-style RandAugment (wrap/unwrap 4-channel nearest transforms,
-                16-way tf.cond chain per layer, depthwise-conv sharpness, per-channel equalize)
-  fused+RA      effnet.data.augment.fused_train_preprocess (one resampling pass)
-  crop+RA(ours) crop + resize + flip then effnet.data.augment.randaugment (op by op)
+Why: RandAugment on the host is the usual input bottleneck of EfficientNet training. This times the per-example
+functions of `effnet.data.pipeline` (what `create_train_dataset` / `create_eval_dataset` map) on one core (tf.data
+num_parallel_calls=1, private threadpool 1, intra-op 1), on real JPEGs (skimage.data photos cropped/jittered to
+~500x375, quality 90, built locally), each example with its own seed as in training:
+  decode    JPEG decode only (the floor under every row)
+  eval      preprocess_eval_image with the recipe's eval crop (center_crop_v1 / center_crop_v2 / resize)
+  crop      preprocess_train_image, augment='none': decode_and_crop_jpeg (the recipe's crop), resize, flip
+  crop+RA   the same with augment='randaugment' (--num_layers, --magnitude)
+  crop+AA   the same with augment='autoaugment' (policy v0)
+  device RA with --device_batch B: effnet.data.randaugment_jax on the default JAX device, over one batch of B
+            'crop' outputs (images/s of the whole device, not of one core; what data.randaug_on_device runs)
+
+Rows this tool used to print and no longer does: 'fused+RA' (a one-pass crop/resize/flip/RandAugment that training
+never used, removed from effnet.data.augment) and 'crop+RA(official-style)' (a hand-built imitation of the
+official graph, timing code that trains nowhere).
 
 python -m effnet.tools.bench_input --num_images 300 --image_size 224 300 --magnitude 10
 """
@@ -20,6 +26,10 @@ import os
 import time
 
 import numpy as np
+
+from effnet.data import TRAIN_PREPROCESS
+
+EVAL_RECIPE = {'inception_v1': 'center_crop_v1', 'inception_v2': 'center_crop_v2', 'resize': 'resize'}
 
 
 def make_jpegs(num_images, seed=0):
@@ -51,93 +61,40 @@ def make_jpegs(num_images, seed=0):
   return out
 
 
-def official_style_randaugment(image, num_layers, magnitude):
-  """Structure of the official graph (for timing only): per layer a 16-way tf.cond chain; geometric
-  ops wrap a ones channel, transform 4 channels (NEAREST, fill 0) and unwrap to 128; depthwise
-  sharpness; per-channel equalize. Ops/args reuse effnet.data.augment for the colour maths."""
+def build_fns(image_size, recipe, magnitude, num_layers):
+  """Row name -> fn(jpeg bytes, int64 [2] seed) -> uint8 image, each a per-example function of the pipeline."""
   import tensorflow as tf
-  from effnet.data import augment as A
+  from effnet.data import pipeline
 
-  def wrap_transform(img, matrix):
-    ext = tf.concat([img, tf.ones_like(img[..., :1])], axis=2)
-    out = A._transform(ext, matrix, fill_value=0)  # pylint: disable=protected-access
-    return tf.where(out[..., 3:] == 0, tf.constant(128, tf.uint8), out[..., :3])
-
-  def sharp(img, f):
-    x = tf.cast(img, tf.float32)[None]
-    k = tf.tile(tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32, [3, 3, 1, 1]) / 13., [1, 1, 3, 1])
-    d = tf.nn.depthwise_conv2d(x, k, [1, 1, 1, 1], 'VALID')
-    d = tf.squeeze(tf.cast(tf.clip_by_value(d, 0., 255.), tf.uint8), [0])
-    d = tf.pad(d, [[1, 1], [1, 1], [0, 0]])
-    m = tf.pad(tf.ones_like(d[1:-1, 1:-1]), [[1, 1], [1, 1], [0, 0]])
-    return A.blend(tf.where(m == 1, d, img), img, f)
-
-  def eq(img):
-    chans = []
-    for c in range(3):
-      im = tf.cast(img[:, :, c], tf.int32)
-      h = tf.histogram_fixed_width(im, [0, 255], nbins=256)
-      nz = tf.reshape(tf.gather(h, tf.where(h != 0)), [-1])
-      step = (tf.reduce_sum(nz) - nz[-1]) // 255
-      lut = lambda: tf.clip_by_value(tf.concat([[0], ((tf.cumsum(h) + step // 2) // step)[:-1]], 0), 0, 255)
-      chans.append(tf.cast(tf.cond(step == 0, lambda: im, lambda: tf.gather(lut(), im)), tf.uint8))
-    return tf.stack(chans, 2)
-
-  s = tf.shape(image)
-  m = float(magnitude)
-  for _ in range(num_layers):
-    op = tf.random.uniform([], 0, 16, tf.int32)
-    sign = tf.where(tf.random.uniform([]) < 0.5, -1.0, 1.0)
-    fns = {
-        'AutoContrast': lambda: A.autocontrast(image), 'Equalize': lambda: eq(image),
-        'Invert': lambda: A.invert(image),
-        'Rotate': lambda: wrap_transform(image, A.rotate_matrix(sign * m * 3.0, s[0], s[1])),
-        'Posterize': lambda: A.posterize(image, int(m / 10 * 4)),
-        'Solarize': lambda: A.solarize(image, int(m / 10 * 256)),
-        'Color': lambda: A.color(image, m / 10 * 1.8 + .1), 'Contrast': lambda: A.contrast(image, m / 10 * 1.8 + .1),
-        'Brightness': lambda: A.brightness(image, m / 10 * 1.8 + .1), 'Sharpness': lambda: sharp(image, m / 10 * 1.8 + .1),
-        'ShearX': lambda: wrap_transform(image, A.shear_x_matrix(sign * m * .03)),
-        'ShearY': lambda: wrap_transform(image, A.shear_y_matrix(sign * m * .03)),
-        'TranslateX': lambda: wrap_transform(image, A.translate_x_matrix(sign * m * 10)),
-        'TranslateY': lambda: wrap_transform(image, A.translate_y_matrix(sign * m * 10)),
-        'Cutout': lambda: A.cutout(image, int(m * 4), seed=tf.random.uniform([2], 0, 2**30, tf.int64)),
-        'SolarizeAdd': lambda: A.solarize_add(image, int(m * 11)),
-    }
-    for i, name in enumerate(A.RANDAUGMENT_OPS):
-      image = tf.cond(tf.equal(op, i), fns[name], lambda: image)
-  return image
-
-
-def build_fns(image_size, magnitude, num_layers):
-  import tensorflow as tf
-  from effnet.data import augment as A
-
-  def crop_resize_flip(b):
-    win = A.sample_crop_window(tf.image.extract_jpeg_shape(b), image_size, 'inception_v2')
-    im = tf.image.decode_and_crop_jpeg(b, win, channels=3)
-    im = tf.image.resize(im, [image_size, image_size], method='bilinear')
-    im = tf.image.random_flip_left_right(im)
-    return tf.cast(tf.clip_by_value(im, 0., 255.), tf.uint8)
+  def train(augment):
+    return lambda jpeg, seed: pipeline.preprocess_train_image(
+        jpeg, image_size, seed, recipe=recipe, augment=augment, randaug_num_layers=num_layers,
+        randaug_magnitude=magnitude)
 
   return {
-      'decode': lambda b: tf.image.decode_jpeg(b, channels=3),
-      'crop': crop_resize_flip,
-      'crop+RA(official-style)': lambda b: official_style_randaugment(crop_resize_flip(b), num_layers, magnitude),
-      'crop+RA(ours, op by op)': lambda b: A.randaugment(crop_resize_flip(b), num_layers, magnitude),
-      'fused+RA': lambda b: A.fused_train_preprocess(b, image_size, 'inception_v2', 'randaugment',
-                                                     num_layers, magnitude),
+      'decode': lambda jpeg, seed: tf.image.decode_jpeg(jpeg, channels=3),
+      'eval': lambda jpeg, seed: pipeline.preprocess_eval_image(jpeg, image_size, EVAL_RECIPE[recipe]),
+      'crop': train('none'),
+      'crop+RA': train('randaugment'),
+      'crop+AA': train('autoaugment'),
   }
 
 
-def time_fn(jpegs, fn, repeats):
+def _one_core_dataset(jpegs, fn, repeats):
+  """fn mapped over the JPEGs on one core, example i seeded with [i, 0] (distinct per example, like training)."""
   import tensorflow as tf
-  ds = tf.data.Dataset.from_tensor_slices(jpegs).repeat(repeats)
-  ds = ds.map(fn, num_parallel_calls=1, deterministic=True)
+  ds = tf.data.Dataset.from_tensor_slices(jpegs).repeat(repeats).enumerate()
+  ds = ds.map(lambda i, jpeg: fn(jpeg, tf.stack([i, tf.constant(0, tf.int64)])), num_parallel_calls=1,
+              deterministic=True)
   opts = tf.data.Options()
   opts.threading.private_threadpool_size = 1
   opts.threading.max_intra_op_parallelism = 1
   opts.autotune.enabled = False
-  ds = ds.with_options(opts)
+  return ds.with_options(opts)
+
+
+def time_fn(jpegs, fn, repeats):
+  ds = _one_core_dataset(jpegs, fn, repeats)
   for _ in ds.take(20):  # warm up (graph build, first calls)
     pass
   n = 0
@@ -147,6 +104,50 @@ def time_fn(jpegs, fn, repeats):
   return n / (time.perf_counter() - t0)
 
 
+def device_randaugment_rate(images, num_layers, magnitude, iters=5):
+  """Images/s of the jitted on-device RandAugment over one uint8 batch (median of `iters` calls after compiling)."""
+  import jax
+  import jax.numpy as jnp
+  from effnet.data import randaugment_jax
+  fn = jax.jit(randaugment_jax.randaugment, static_argnums=(2,))
+  images = jax.device_put(images)
+  key = jax.random.key(0)
+  mag = jnp.float32(magnitude)
+  fn(key, images, num_layers, mag).block_until_ready()  # compile
+  times = []
+  for i in range(iters):
+    t0 = time.perf_counter()
+    fn(jax.random.fold_in(key, i + 1), images, num_layers, mag).block_until_ready()
+    times.append(time.perf_counter() - t0)
+  return len(images) / float(np.median(times))
+
+
+def _device_row_name(batch):
+  import jax
+  return f'device RA ({jax.devices()[0].platform}, B={batch})'
+
+
+def measure(jpegs, args):
+  """{row name: {image size: images/s}} for the rows selected by --only (all by default)."""
+  wanted = set(args.only.split(',')) if args.only else None
+  rows = {}
+  for size in args.image_size:
+    fns = build_fns(size, args.recipe, args.magnitude, args.num_layers)
+    for name, fn in fns.items():
+      if wanted and name not in wanted:
+        continue
+      if name == 'decode' and 'decode' in rows:  # the same work at every size
+        rows[name][size] = rows['decode'][args.image_size[0]]
+        continue
+      rows.setdefault(name, {})[size] = time_fn(jpegs, fn, args.repeats)
+    if args.device_batch:
+      crops = np.stack(list(_one_core_dataset(jpegs, fns['crop'], math.ceil(args.device_batch / len(jpegs)))
+                            .take(args.device_batch).as_numpy_iterator()))
+      rate = device_randaugment_rate(crops, args.num_layers, args.magnitude)
+      rows.setdefault(_device_row_name(args.device_batch), {})[size] = rate
+  return rows
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--num_images', type=int, default=500)
@@ -154,24 +155,20 @@ def main(argv=None):
   p.add_argument('--magnitude', type=float, default=10.0)
   p.add_argument('--num_layers', type=int, default=2)
   p.add_argument('--repeats', type=int, default=1)
-  p.add_argument('--only', type=str, default='', help='comma list of pipeline names to run')
+  p.add_argument('--recipe', default='inception_v2', choices=TRAIN_PREPROCESS,
+                 help='config.data.train_preprocess; the eval row uses its eval crop')
+  p.add_argument('--device_batch', type=int, default=0,
+                 help='also time the on-device RandAugment over a batch of this many crops (0: off)')
+  p.add_argument('--only', type=str, default='', help='comma list of row names to run (decode,eval,crop,...)')
   a = p.parse_args(argv)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   import tensorflow as tf
   tf.config.threading.set_intra_op_parallelism_threads(1)
   tf.config.threading.set_inter_op_parallelism_threads(1)
   jpegs = make_jpegs(a.num_images)
-  print(f'{len(jpegs)} JPEGs, mean {np.mean([len(j) for j in jpegs]) / 1024:.1f} KiB, '
+  print(f'{len(jpegs)} JPEGs, mean {np.mean([len(j) for j in jpegs]) / 1024:.1f} KiB, recipe {a.recipe}, '
         f'N={a.num_layers} M={a.magnitude}, images/s on ONE core')
-  rows = {}
-  for s in a.image_size:
-    for name, fn in build_fns(s, a.magnitude, a.num_layers).items():
-      if a.only and name not in a.only.split(','):
-        continue
-      if name == 'decode' and 'decode' in rows:
-        rows[name][s] = rows['decode'][a.image_size[0]]
-        continue
-      rows.setdefault(name, {})[s] = time_fn(jpegs, fn, a.repeats)
+  rows = measure(jpegs, a)
   w = max(len(k) for k in rows)
   print(f"{'pipeline':<{w}} " + ' '.join(f'{s:>8d}px' for s in a.image_size))
   for k, v in rows.items():
