@@ -5,6 +5,7 @@ effnet.checkpoint / effnet.metrics, tied together by effnet.train.train_and_eval
 """
 __version__ = '0.1.0'
 
-from effnet.config_lib import apply_override, load_config  # noqa: E402  (the one way scripts and notebooks load configs)
+# The one way scripts and notebooks load configs: `effnet.load_config('configs/demo.py:progressive')`.
+from effnet.config_lib import apply_override, load_config  # noqa: E402
 
 __all__ = ['apply_override', 'load_config']

@@ -45,7 +45,7 @@ class StepCompiler:
   """Compiled train/eval executables keyed by (image_size, global_batch); compiles on demand or in background."""
 
   def __init__(self, train_step: Callable, eval_step: Callable, abstract_state, mesh, hyper_example: dict):
-    cache_stats()  # installs the cache-event listener before the first compile
+    self._cache_stats_at_start = cache_stats()  # also installs the cache-event listener before the first compile
     self.mesh = mesh
     self.abstract_state = abstract_state
     rep = parallel.replicated(mesh)
@@ -108,6 +108,12 @@ class StepCompiler:
   def get(self, kind: str, image_size: int, batch: int):
     """The executable for this shape, compiling now if nobody asked for it before."""
     return self._future((kind, int(image_size), int(batch)), background=False).result()
+
+  def cache_stats(self) -> dict:
+    """The persistent-cache counters since this compiler was made: the process's counters minus those at its start,
+    so that two runs in one process (a notebook, the tests) each report their own hits and misses."""
+    now = cache_stats()
+    return {k: now[k] - self._cache_stats_at_start[k] for k in now}
 
   def close(self):
     self._pool.shutdown(wait=True)

@@ -1,4 +1,5 @@
-"""Command line: `python -m effnet.main --config=configs/efficientnetv2.py:s --workdir=DIR [--config.x=y ...]`.
+"""Command line: `python -m effnet.main --config=configs/efficientnetv2.py:s --workdir=DIR [--config.x=y ...]`
+(installed: `effnet-train ...`, the same flags).
 
 The only module that defines flags; it parses them and calls `effnet.train.train_and_evaluate`.
 """
@@ -31,5 +32,10 @@ def main(argv):
   print({k: final[k] for k in sorted(final)})
 
 
-if __name__ == '__main__':
+def run():
+  """The `effnet-train` console script (pyproject.toml): absl parses the flags, then calls `main`."""
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

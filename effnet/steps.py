@@ -134,7 +134,7 @@ def make_train_step(module, tx: optax.GradientTransformation, schedule: Callable
     new_ema_bs = optim.ema_update(state.ema_batch_stats, new_bs, ema_updates, cfg.ema_decay)
     # A finite loss can still come with an overflowing gradient or update (e.g. an LR that overflows float32):
     # guard the loss and the update's global norm, so no inf/NaN ever reaches the state or a checkpoint.
-    finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(updates))
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(updates))
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
     new_state = state.replace(
         step=step, params=keep(new_params, state.params), batch_stats=keep(new_bs, state.batch_stats),

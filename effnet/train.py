@@ -103,8 +103,6 @@ def _setup(config, workdir: str) -> _Run:
   batch = config.train.batch_size
   parallel.check_batch_size(batch, mesh)
   parallel.check_batch_size(config.train.eval_batch_size, mesh, 'train.eval_batch_size')
-  if config.optim.lr is not None:
-    raise ValueError('optim.lr is derived (lr_base × batch/256); set optim.lr_base instead')
 
   from effnet.data import pipeline  # host-side TF; imported here so the rest of the package runs without TF
   builder = _prepared_builder(pipeline, config.data)  # fails on unknown datasets / missing data before any compile
@@ -163,8 +161,6 @@ def _prepared_builder(pipeline, data_cfg):
 def _minival_data(pipeline, config, builder):
   if config.train.early_stopping_patience <= 0:
     return None
-  if not config.data.minival_split:
-    raise ValueError('train.early_stopping_patience > 0 needs data.minival_split (e.g. "train[:25022]")')
   minival_cfg = config.data.copy_and_resolve_references()
   with minival_cfg.unlocked():
     minival_cfg.eval_split = config.data.minival_split
@@ -353,7 +349,7 @@ def _finish(run: _Run, loop: _Loop, state, wall_s: float) -> dict[str, float]:
   final.update({k.replace('/', '_'): v for k, v in loop.train_scalars.items()})
   final.update({k.replace('/', '_'): v for k, v in loop.last_eval.items()})
   final['stopped'] = loop.stop_reason or 'completed'
-  final.update({f'compile_cache_{k}': float(v) for k, v in compile_lib.cache_stats().items()})
+  final.update({f'compile_cache_{k}': float(v) for k, v in run.compiler.cache_stats().items()})
   if loop.stop_reason != 'preempted':
     metrics_lib.write_json(os.path.join(run.workdir, 'final_metrics.json'), final)
   metrics_lib.write_json(os.path.join(run.workdir, 'stages.json'), {'stages': loop.stage_log})

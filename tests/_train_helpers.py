@@ -1,9 +1,10 @@
-"""Shared pieces of the training-engine tests (test_train, test_distributed, test_resume).
+"""Child processes of the training-engine tests (test_train, test_distributed, test_resume) and readers of what they
+leave behind. The tiny config and the data / cache fixtures they share are in conftest.py.
 
-Why a helper module: the engine tests need the same TINY model config (CPU compile time is the cost driver), the
-same way to run `train_and_evaluate` in a fresh process (a fresh process is the only way to choose the number of
-fake CPU devices, to start `jax.distributed`, or to SIGKILL / SIGTERM a run), and the same readers for what a run
-leaves in its workdir (per-step TensorBoard scalars, checkpoints).
+Why a helper module: the engine tests need the same way to run `train_and_evaluate` in a fresh process (a fresh
+process is the only way to choose the number of fake CPU devices, to start `jax.distributed`, or to SIGKILL /
+SIGTERM a run), and the same readers for what a run leaves in its workdir (per-step TensorBoard scalars,
+checkpoints).
 
 Run as a script it is the child process of those tests:
 
@@ -21,51 +22,10 @@ import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import DIGITS_TEST_SIZE, REPO, tiny_config  # noqa: F401  (the tests read them through this module)
+
 PYTHON = sys.executable
-
-# The contract's tiny model: two blocks (one fused, one MBConv with SE), a 64-wide head, 16 px images.
-TINY_BLOCKS = ('r1_k3_s1_e1_i16_o16_c1', 'r1_k3_s2_e4_i16_o24_se0.25')
-DIGITS_TEST_SIZE = 359  # the digits builder's test split (20% of sklearn's 1,797, stratified)
 FINAL_PREFIX = 'FINAL_METRICS '
-
-
-def tiny_config(overrides: dict | None = None):
-  """configs/demo.py (digits, real pipeline) with the tiny model; deterministic and quick to compile.
-
-  Checkpoints are synchronous and written every step, every step is logged, and eval runs only at the end.
-  Dropout 0.1 and stochastic depth (survival 0.8) stay on, and the data are shuffled, so RNG and data order matter.
-  """
-  from effnet.tools import summary  # pylint: disable=g-import-not-at-top
-  c = summary.load_config(os.path.join(REPO, 'configs/demo.py'))
-  c.model.blocks = TINY_BLOCKS
-  c.model.head_filters = 64
-  c.model.width_coefficient = c.model.depth_coefficient = 1.0
-  c.model.dropout_rate = 0.1
-  c.model.survival_prob = 0.8
-  c.data.image_size = c.data.eval_image_size = 16
-  c.data.cache = False
-  c.train.batch_size = 16
-  c.train.eval_batch_size = 64
-  c.train.total_steps = 4
-  c.train.log_every_steps = 1
-  c.train.checkpoint_every_steps = 1
-  c.train.keep_checkpoints = 100
-  c.train.async_checkpointing = False
-  c.train.eval_every_steps = 10_000
-  c.train.compile_ahead = False
-  c.optim.warmup_epochs = 0.1  # reach a real learning rate within a few steps so the steps do change the params
-  for key, value in (overrides or {}).items():
-    set_field(c, key, value)
-  return c
-
-
-def set_field(config, dotted: str, value) -> None:
-  *parents, leaf = dotted.split('.')
-  node = config
-  for p in parents:
-    node = node[p]
-  node[leaf] = tuple(value) if isinstance(value, list) else value
 
 
 def child_env(num_devices: int = 1, extra: dict | None = None) -> dict:
@@ -109,14 +69,6 @@ def kill_group(proc: subprocess.Popen) -> None:
     except ProcessLookupError:
       pass
     proc.wait()
-
-
-def prepare_digits(data_dir: str) -> str:
-  """Prepares the built-in digits set (offline, about a second) in `data_dir`, so children never race on it."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from effnet.data import digits  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  tfds.builder('digits', data_dir=data_dir).download_and_prepare()
-  return data_dir
 
 
 def scalars(workdir, tag: str) -> dict[int, float]:

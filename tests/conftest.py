@@ -1,6 +1,9 @@
-"""Test set-up shared by every test file.
+"""Test set-up shared by every test file: the environment, the tests' tiny model config and the session fixtures.
 
-Environment variables must be set before jax / tensorflow are imported, which is why they live here.
+Environment variables must be set before jax / tensorflow are imported, which is why they live here. The tiny config
+and the digits / compilation-cache fixtures are session-wide so that every engine test (in-process or in a child
+process started by tests/_train_helpers.py) trains the same model on the same prepared data and reuses one persistent
+XLA cache: CPU compile time is the suite's cost driver.
 """
 import os
 
@@ -16,6 +19,8 @@ def _install_torchvision_shim():
     import torch
   except ImportError:
     return
+  if torch.version.cuda is not None:  # a CUDA torch (PyPI's, on Python 3.12) loads torchvision's own ops
+    return
   try:
     torch.ops.torchvision.nms  # noqa: B018
   except (AttributeError, RuntimeError):
@@ -25,10 +30,75 @@ def _install_torchvision_shim():
     globals()["_TORCHVISION_SHIM"] = lib
 
 
-_install_torchvision_shim()
-
-
 def pytest_configure(config):
+  _install_torchvision_shim()  # here, not at import: the training child processes import this module too
   config.addinivalue_line("markers", "slow: long-running (still runs in CI)")
   config.addinivalue_line("markers", "multiprocess: starts several JAX processes on localhost")
   config.addinivalue_line("markers", "demo: the built-in dataset accuracy target")
+
+
+# The tests' tiny model: two blocks (one fused, one MBConv with SE), a 64-wide head, 16 px images.
+TINY_BLOCKS = ('r1_k3_s1_e1_i16_o16_c1', 'r1_k3_s2_e4_i16_o24_se0.25')
+DIGITS_TEST_SIZE = 359  # the digits builder's test split (20% of sklearn's 1,797, stratified)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_model(config):
+  """Puts the tiny model into `config` (any config: the demo's, a progressive one, a runlocal ImageNet one)."""
+  config.model.blocks = TINY_BLOCKS
+  config.model.head_filters = 64
+  config.model.width_coefficient = config.model.depth_coefficient = 1.0
+  return config
+
+
+def tiny_config(overrides: dict | None = None, spec: str = 'configs/demo.py'):
+  """`spec` (default configs/demo.py: digits, real pipeline) with the tiny model; deterministic and quick to compile.
+
+  Checkpoints are synchronous and written every step, every step is logged, and eval runs only at the end.
+  Dropout 0.1 and stochastic depth (survival 0.8) stay on, and the data are shuffled, so RNG and data order matter.
+  """
+  # Field assignments like config_lib.apply_runlocal's, but a different target: the real demo pipeline at 16 px.
+  import effnet  # pylint: disable=g-import-not-at-top
+  c = tiny_model(effnet.load_config(os.path.join(REPO, spec)))
+  c.model.dropout_rate = 0.1
+  c.model.survival_prob = 0.8
+  c.data.image_size = c.data.eval_image_size = 16
+  c.data.cache = False
+  c.train.batch_size = 16
+  c.train.eval_batch_size = 64
+  c.train.total_steps = 4
+  c.train.log_every_steps = 1
+  c.train.checkpoint_every_steps = 1
+  c.train.keep_checkpoints = 100
+  c.train.async_checkpointing = False
+  c.train.eval_every_steps = 10_000
+  c.train.compile_ahead = False
+  c.optim.warmup_epochs = 0.1  # reach a real learning rate within a few steps so the steps do change the params
+  for key, value in (overrides or {}).items():
+    set_field(c, key, value)
+  return c
+
+
+def set_field(config, dotted: str, value) -> None:
+  """config['a.b.c'] = value, with JSON lists (from a child's command line) turned back into tuples."""
+  *parents, leaf = dotted.split('.')
+  node = config
+  for p in parents:
+    node = node[p]
+  node[leaf] = tuple(value) if isinstance(value, list) else value
+
+
+@pytest.fixture(scope='session')
+def digits_dir(tmp_path_factory):
+  """The built-in digits set prepared once (offline, about a second), so tests and child processes never race."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from effnet.data import digits  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  tfds.builder('digits', data_dir=data_dir).download_and_prepare()
+  return data_dir
+
+
+@pytest.fixture(scope='session')
+def jax_cache_dir(tmp_path_factory):
+  """One persistent compilation cache for every engine test: the tiny model's steps compile once per shape."""
+  return str(tmp_path_factory.mktemp('jax_cache'))

@@ -25,14 +25,9 @@ LOSS_RTOL = 1e-5
 PARAM_TOL = 1e-5
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return h.prepare_digits(str(tmp_path_factory.mktemp('tfds')))
-
-
-def _overrides(data_dir, **extra):
+def _overrides(digits_dir, **extra):
   # Dropout 0.1 and stochastic depth (survival 0.8) are on in the tiny config, shuffling too.
-  return {'data.data_dir': data_dir, 'train.total_steps': STEPS, **extra}
+  return {'data.data_dir': digits_dir, 'train.total_steps': STEPS, **extra}
 
 
 def _assert_same_training(workdir_a, workdir_b, config):
@@ -56,8 +51,8 @@ def _assert_same_training(workdir_a, workdir_b, config):
   assert moved > 10 * PARAM_TOL  # the comparison is not vacuous: the weights changed between steps 1 and 4
 
 
-def test_one_device_vs_eight_devices_same_losses(tmp_path, data_dir):
-  overrides = _overrides(data_dir)
+def test_one_device_vs_eight_devices_same_losses(tmp_path, digits_dir):
+  overrides = _overrides(digits_dir)
   runs = {}
   for n in (1, 8):
     workdir = tmp_path / f'dev{n}'
@@ -70,14 +65,14 @@ def test_one_device_vs_eight_devices_same_losses(tmp_path, data_dir):
 
 
 @pytest.mark.multiprocess
-def test_two_processes_two_devices_each_agree_with_one_process(tmp_path, data_dir):
+def test_two_processes_two_devices_each_agree_with_one_process(tmp_path, digits_dir):
   """2 processes × 2 CPU devices (jax.distributed, gloo) vs 1 process × 4 devices fed the same global batches.
 
   Every process reads its own slice of the train split (tfds.split_for_jax_process) with its own shuffle seed, so
   the single-process reference is given the concatenation of the two per-process pipelines, in process order,
   which is the global batch that jax.make_array_from_process_local_data assembles.
   """
-  overrides = _overrides(data_dir)
+  overrides = _overrides(digits_dir)
   workdir = tmp_path / 'two_procs'
   port = _free_port()
   procs = []

@@ -106,7 +106,7 @@ def test_setup_commands_copy_and_install_on_every_worker():
     assert _flag(ssh, "--zone") == "us-central2-b"
   assert shlex.split(_flag(unpack, "--command"))[-4:] == ["-xzf", "effnet_code.tgz", "-C", "effnet_run/code"]
   steps = [shlex.split(s) for s in _flag(install, "--command").split(" && ")]
-  assert ["python3.11", "-m", "venv", "effnet_run/venv"] in steps
+  assert ["python3.12", "-m", "venv", "effnet_run/venv"] in steps
   assert ["effnet_run/venv/bin/pip", "install", "-q", "-r", "effnet_run/code/requirements.txt"] in steps
   # jax[tpu] pinned to requirements.txt's jax version (one place: tpu.tpu_jax_requirement)
   assert steps[-1] == ["effnet_run/venv/bin/pip", "install", "-q", tpu.tpu_jax_requirement()]
@@ -118,6 +118,18 @@ def test_setup_commands_copy_and_install_on_every_worker():
   assert "'v1; rm -rf /'" in cmd  # user input is quoted, never spliced into the remote shell
   assert ["git", "-C", "effnet_run/code", "checkout", "--quiet", "v1; rm -rf /"] in \
       [shlex.split(s) for s in cmd.split(" && ")]
+
+
+def test_remote_install_makes_a_python312_venv_with_the_pinned_jax_tpu():
+  steps = [shlex.split(s) for s in tpu.remote_install("r").split(" && ")]
+  assert ["sudo", "DEBIAN_FRONTEND=noninteractive", "apt-get", "-qq", "install", "-y", "python3.12",
+          "python3.12-venv"] in steps
+  assert ["python3.12", "-m", "venv", "r/venv"] in steps
+  with open(os.path.join(REPO, "requirements.txt")) as f:
+    jax_pin = next(line.split("==")[1].split()[0] for line in f if line.startswith("jax=="))
+  assert tpu.tpu_jax_requirement() == f"jax[tpu]=={jax_pin}"
+  assert steps[-1] == ["r/venv/bin/pip", "install", "-q", f"jax[tpu]=={jax_pin}"]
+  assert tpu.tpu_jax_requirement(requirements=None).startswith("jax[tpu]")  # no requirements.txt: installed jax
 
 
 @pytest.mark.parametrize("detach", ["nohup", "tmux", "none"])

@@ -21,26 +21,16 @@ N = 8
 KILL_AFTER = 5  # checkpoints every 2 steps: the last one before the kill is step 4, so step 5 is redone
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return h.prepare_digits(str(tmp_path_factory.mktemp('tfds')))
+def _overrides(digits_dir, jax_cache_dir, **extra):
+  return {'data.data_dir': digits_dir, 'data.train_split': 'train[:56]', 'train.total_steps': N,
+          'train.checkpoint_every_steps': 2, 'train.compile_cache_dir': jax_cache_dir, **extra}
 
 
 @pytest.fixture(scope='module')
-def cache_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('jax_cache'))
-
-
-def _overrides(data_dir, cache_dir, **extra):
-  return {'data.data_dir': data_dir, 'data.train_split': 'train[:56]', 'train.total_steps': N,
-          'train.checkpoint_every_steps': 2, 'train.compile_cache_dir': cache_dir, **extra}
-
-
-@pytest.fixture(scope='module')
-def uninterrupted(tmp_path_factory, data_dir, cache_dir):
+def uninterrupted(tmp_path_factory, digits_dir, jax_cache_dir):
   """The reference: N steps in one go on one device."""
   workdir = str(tmp_path_factory.mktemp('uninterrupted'))
-  final = h.final_metrics(h.run_child(workdir, _overrides(data_dir, cache_dir)))
+  final = h.final_metrics(h.run_child(workdir, _overrides(digits_dir, jax_cache_dir)))
   assert final['steps'] == N and final['stopped'] == 'completed'
   return workdir, final
 
@@ -49,9 +39,9 @@ def _leaves(state):
   return jax.tree_util.tree_leaves_with_path(state)
 
 
-def test_kill_and_resume_is_bit_identical(tmp_path, data_dir, cache_dir, uninterrupted):
+def test_kill_and_resume_is_bit_identical(tmp_path, digits_dir, jax_cache_dir, uninterrupted):
   ref_dir, ref_final = uninterrupted
-  overrides = _overrides(data_dir, cache_dir)
+  overrides = _overrides(digits_dir, jax_cache_dir)
   killed = h.run_child(tmp_path, overrides, f'--kill_after_step={KILL_AFTER}', check=False)
   assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr[-4000:])
   # Saves every 2 steps (orbax also saves the first step it is handed, step 1); step 5 was never saved.
@@ -81,9 +71,9 @@ def test_kill_and_resume_is_bit_identical(tmp_path, data_dir, cache_dir, uninter
     assert got_loss[s] == ref_loss[s], (s, got_loss[s], ref_loss[s])
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, data_dir, cache_dir):
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, digits_dir, jax_cache_dir):
   total = 150
-  overrides = _overrides(data_dir, cache_dir, **{'train.total_steps': total, 'train.checkpoint_every_steps': 1,
+  overrides = _overrides(digits_dir, jax_cache_dir, **{'train.total_steps': total, 'train.checkpoint_every_steps': 1,
                                                  'train.keep_checkpoints': 3})
   proc = subprocess.Popen(h.child_command(tmp_path, overrides), env=h.child_env(1), cwd=h.REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -106,17 +96,18 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, data_dir, cache_
   state = h.restore(str(tmp_path), h.tiny_config(overrides))
   assert int(state.step) == stopped_at
 
-  resumed = h.final_metrics(h.run_child(tmp_path, overrides))
+  # The rest of the run needs no checkpoint per step (the state it resumed from is what is under test).
+  resumed = h.final_metrics(h.run_child(tmp_path, {**overrides, 'train.checkpoint_every_steps': 1000}))
   assert resumed['stopped'] == 'completed' and resumed['steps'] == total
   assert os.path.exists(tmp_path / 'final_metrics.json')
   assert resumed['eval_num_examples'] == h.DIGITS_TEST_SIZE
 
 
-def test_resume_on_a_different_device_count(tmp_path, data_dir, cache_dir, uninterrupted):
+def test_resume_on_a_different_device_count(tmp_path, digits_dir, jax_cache_dir, uninterrupted):
   """Written on 1 device, resumed on 4: the replicated state restores into the 4-device mesh and the run ends
   where the uninterrupted 1-device run ends (float tolerance: the batch reductions are split over 4 shards)."""
   ref_dir, _ = uninterrupted
-  overrides = _overrides(data_dir, cache_dir)
+  overrides = _overrides(digits_dir, jax_cache_dir)
   killed = h.run_child(tmp_path, overrides, '--kill_after_step=3', check=False, num_devices=1)
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-4000:]
   assert h.checkpoint_steps(str(tmp_path))[-1] == 2

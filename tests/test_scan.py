@@ -119,8 +119,13 @@ def test_stochastic_depth_draws_one_key_per_block_with_the_ramp(demo, monkeypatc
   seen = []
 
   def record(y, p, rng):
-    jax.debug.callback(lambda k, q: seen.append((np.asarray(k).tobytes(), float(q))), jax.random.key_data(rng), p)
-    return y
+    # A pure_callback whose result feeds the output: flax's nn.scan refuses a side-effect-only callback that
+    # depends on the scanned inputs.
+    def cb(k, q):
+      seen.append((np.asarray(k).tobytes(), float(q)))
+      return np.float32(0)
+    zero = jax.pure_callback(cb, jax.ShapeDtypeStruct((), jnp.float32), jax.random.key_data(rng), p)
+    return y + zero.astype(y.dtype)
 
   monkeypatch.setattr(blocks_lib, 'drop_path', record)
   scanned.apply(sv, x, train=True, rngs={'dropout': jax.random.key(2)}, mutable=['batch_stats'])

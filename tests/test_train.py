@@ -2,7 +2,8 @@
 compiles, and the NaN policy (a non-finite step never reaches the state or a checkpoint).
 
 References not computed by the code under test: the digits test split has 359 examples (20% of sklearn's 1,797
-digits, stratified: counted by tests/test_pipeline.py against sklearn), the allowed enum values are the contract's.
+digits, stratified: counted by tests/test_pipeline.py against sklearn); the allowed enum values are the ones each
+module owns (effnet.data, effnet.optim, effnet.progressive, effnet.models).
 """
 import json
 import math
@@ -13,18 +14,8 @@ import numpy as np
 import pytest
 
 import _train_helpers as h
+import effnet
 from effnet import train
-from effnet.tools import summary
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return h.prepare_digits(str(tmp_path_factory.mktemp('tfds')))
-
-
-@pytest.fixture(scope='module')
-def cache_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('jax_cache'))
 
 
 _JAX_CACHE_FLAGS = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs',
@@ -59,12 +50,12 @@ def no_compile(monkeypatch):
 # ---------------------------------------------------------------------------------------------------------------
 # A real config, shrunk with runlocal: one train step and one (full) eval.
 # ---------------------------------------------------------------------------------------------------------------
-def test_runlocal_real_config_one_train_and_eval_step(tmp_path, data_dir, cache_dir, restore_jax_config):
-  config = summary.load_config(os.path.join(h.REPO, 'configs/efficientnetv2.py:s,runlocal'))
+def test_runlocal_real_config_one_train_and_eval_step(tmp_path, digits_dir, jax_cache_dir, restore_jax_config):
+  config = effnet.load_config(os.path.join(h.REPO, 'configs/efficientnetv2.py:s,runlocal'))
   assert config.data.name == 'digits' and config.model.family == 'v2'
-  config.data.data_dir = data_dir
+  config.data.data_dir = digits_dir
   config.train.total_steps = 1
-  config.train.compile_cache_dir = cache_dir
+  config.train.compile_cache_dir = jax_cache_dir
   final = train.train_and_evaluate(config, str(tmp_path))
 
   with open(tmp_path / 'final_metrics.json') as f:
@@ -91,20 +82,20 @@ def test_runlocal_real_config_one_train_and_eval_step(tmp_path, data_dir, cache_
 # ---------------------------------------------------------------------------------------------------------------
 # Bad input: a ValueError naming the field, before anything compiles.
 # ---------------------------------------------------------------------------------------------------------------
-def test_unknown_dataset_fails_before_compiling(tmp_path, data_dir, no_compile, restore_jax_config):
-  config = h.tiny_config({'data.name': 'imagenet2013', 'data.data_dir': data_dir})
+def test_unknown_dataset_fails_before_compiling(tmp_path, digits_dir, no_compile, restore_jax_config):
+  config = h.tiny_config({'data.name': 'imagenet2013', 'data.data_dir': digits_dir})
   with pytest.raises(ValueError, match=r"data\.name='imagenet2013'") as e:
     train.train_and_evaluate(config, str(tmp_path))
   assert 'digits' in str(e.value) and 'imagenet2012' in str(e.value)  # says what would work
 
 
-def test_bad_enum_fails_before_compiling(tmp_path, data_dir, no_compile, restore_jax_config):
-  config = h.tiny_config({'optim.schedule': 'linear', 'data.data_dir': data_dir})
+def test_bad_enum_fails_before_compiling(tmp_path, digits_dir, no_compile, restore_jax_config):
+  config = h.tiny_config({'optim.schedule': 'linear', 'data.data_dir': digits_dir})
   with pytest.raises(ValueError, match=r"optim\.schedule='linear'") as e:
     train.train_and_evaluate(config, str(tmp_path))
   for allowed in ('exponential', 'cosine', 'constant'):
     assert allowed in str(e.value)
-  config = h.tiny_config({'train.nan_policy': 'ignore', 'data.data_dir': data_dir})
+  config = h.tiny_config({'train.nan_policy': 'ignore', 'data.data_dir': digits_dir})
   with pytest.raises(ValueError, match=r"train\.nan_policy='ignore'.*stop.*skip"):
     train.train_and_evaluate(config, str(tmp_path))
 
@@ -114,7 +105,7 @@ def test_config_field_typo_fails():
   with pytest.raises(AttributeError, match='lrr'):
     config.optim.lrr = 1
   with pytest.raises(ValueError, match='lrr'):
-    summary.apply_override(config, 'optim.lrr=1')
+    effnet.apply_override(config, 'optim.lrr=1')
   assert 'lrr' not in config.optim
 
 
@@ -128,8 +119,8 @@ def test_config_field_typo_on_the_command_line_fails(tmp_path):
   assert not os.path.exists(tmp_path / 'checkpoints')
 
 
-def test_batch_not_divisible_by_device_count_fails_before_compiling(tmp_path, data_dir):
-  proc = h.run_child(tmp_path, {'train.batch_size': 12, 'data.data_dir': data_dir}, '--forbid_compile',
+def test_batch_not_divisible_by_device_count_fails_before_compiling(tmp_path, digits_dir):
+  proc = h.run_child(tmp_path, {'train.batch_size': 12, 'data.data_dir': digits_dir}, '--forbid_compile',
                      num_devices=8, check=False, timeout=300)
   assert proc.returncode == 3, (proc.stdout[-2000:], proc.stderr[-4000:])
   assert 'ERROR ValueError: train.batch_size=12' in proc.stdout
@@ -156,9 +147,9 @@ def _assert_all_checkpoints_finite(workdir, config):
 _DIVERGE = {'optim.lr_base': 1e38, 'optim.warmup_epochs': 0.1, 'train.total_steps': 4}
 
 
-def test_nonfinite_loss_stops_with_the_step_and_no_bad_checkpoint(tmp_path, data_dir, cache_dir,
+def test_nonfinite_loss_stops_with_the_step_and_no_bad_checkpoint(tmp_path, digits_dir, jax_cache_dir,
                                                                   restore_jax_config):
-  config = h.tiny_config({**_DIVERGE, 'data.data_dir': data_dir, 'train.compile_cache_dir': cache_dir})
+  config = h.tiny_config({**_DIVERGE, 'data.data_dir': digits_dir, 'train.compile_cache_dir': jax_cache_dir})
   with pytest.raises(FloatingPointError, match=r'non-finite .*at step \d+') as e:
     train.train_and_evaluate(config, str(tmp_path))
   assert 'nan_policy' in str(e.value)
@@ -168,10 +159,10 @@ def test_nonfinite_loss_stops_with_the_step_and_no_bad_checkpoint(tmp_path, data
   assert max(steps) <= bad + 1 <= config.train.total_steps
 
 
-def test_nonfinite_loss_skip_policy_completes_with_finite_params(tmp_path, data_dir, cache_dir,
+def test_nonfinite_loss_skip_policy_completes_with_finite_params(tmp_path, digits_dir, jax_cache_dir,
                                                                  restore_jax_config):
-  config = h.tiny_config({**_DIVERGE, 'train.nan_policy': 'skip', 'data.data_dir': data_dir,
-                          'train.compile_cache_dir': cache_dir})
+  config = h.tiny_config({**_DIVERGE, 'train.nan_policy': 'skip', 'data.data_dir': digits_dir,
+                          'train.compile_cache_dir': jax_cache_dir})
   final = train.train_and_evaluate(config, str(tmp_path))
   assert final['stopped'] == 'completed' and final['steps'] == 4
   assert final['train_nonfinite_steps'] > 0  # steps really were skipped
@@ -179,12 +170,12 @@ def test_nonfinite_loss_skip_policy_completes_with_finite_params(tmp_path, data_
   _assert_all_checkpoints_finite(str(tmp_path), config)
 
 
-def test_nonfinite_update_with_finite_loss_never_reaches_a_checkpoint(tmp_path, data_dir, cache_dir,
+def test_nonfinite_update_with_finite_loss_never_reaches_a_checkpoint(tmp_path, digits_dir, jax_cache_dir,
                                                                       restore_jax_config):
   # lr_base=1e40: lr = 6.25e38 overflows float32 to inf, so the first update is inf/NaN while that step's loss
   # (computed from the initial, finite weights) is finite. The same happens when a gradient overflows.
   config = h.tiny_config({**_DIVERGE, 'optim.lr_base': 1e40, 'optim.warmup_epochs': 0.0,
-                          'data.data_dir': data_dir, 'train.compile_cache_dir': cache_dir})
+                          'data.data_dir': digits_dir, 'train.compile_cache_dir': jax_cache_dir})
   with pytest.raises(FloatingPointError):
     train.train_and_evaluate(config, str(tmp_path))
   steps = h.checkpoint_steps(str(tmp_path))
