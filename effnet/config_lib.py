@@ -17,10 +17,9 @@ from typing import Any, Optional
 import ml_collections
 from ml_collections import config_dict
 
-from effnet import data, models, optim, progressive
+from effnet import data, models, optim, parallel, progressive
 
 NAN_POLICIES = ('stop', 'skip')
-DIST_INIT = ('auto', 'yes', 'no')
 
 
 def parse_arg(arg: str | None, lazy: bool = False, **spec):
@@ -195,7 +194,7 @@ _CHOICES = {
     'data.augment': data.AUGMENTS, 'data.normalization': data.NORMALIZATIONS,
     'data.resize_method': (None,) + data.RESIZE_METHODS,  # None: per recipe (see base_config)
     'optim.schedule': optim.SCHEDULES, 'optim.weight_decay_rule': optim.WEIGHT_DECAY_RULES,
-    'train.nan_policy': NAN_POLICIES, 'progressive.rule': progressive.RULES, 'distributed.initialize': DIST_INIT,
+    'train.nan_policy': NAN_POLICIES, 'progressive.rule': progressive.RULES, 'distributed.initialize': parallel.INITIALIZE_MODES,
 }
 
 _RANGES = {

@@ -29,6 +29,9 @@ def _distributed_is_initialized() -> bool:
     return False
 
 
+INITIALIZE_MODES = ('auto', 'yes', 'no')  # distributed.initialize
+
+
 def initialize_distributed(dist_cfg) -> bool:
   """Starts multi-process JAX when the config or the environment asks for it; returns whether it is started.
 
@@ -37,8 +40,8 @@ def initialize_distributed(dist_cfg) -> bool:
   'no': single process.
   """
   mode = dist_cfg.initialize
-  if mode not in ('auto', 'yes', 'no'):
-    raise ValueError(f"distributed.initialize={mode!r}; allowed: ('auto', 'yes', 'no')")
+  if mode not in INITIALIZE_MODES:  # kept: a public function that dispatches on it (config_lib.validate checks first)
+    raise ValueError(f"distributed.initialize={mode!r}; allowed: {INITIALIZE_MODES}")
   if mode == 'no' or _distributed_is_initialized():
     return _distributed_is_initialized()
   explicit = dist_cfg.coordinator_address is not None
