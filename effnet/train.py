@@ -1,8 +1,8 @@
 """`train_and_evaluate(config, workdir)`: the one training entry point, for a notebook, a CPU, a GPU box or a pod.
 
-Top to bottom: validate the config → start distributed JAX and the compile cache → `_setup` (mesh, dataset sizes,
-stage schedule, model, optimizer, steps, checkpointer, eval data) → `_restore_or_create` (latest checkpoint or a
-fresh state; every executable the run needs requested at once, in order of use, compiling in the background) →
+Top to bottom: validate the config → start distributed JAX, hold the workdir (effnet.workdir: one run per
+workdir) and open the compile cache → `_setup` (mesh, dataset sizes, stage schedule, model, optimizer, steps,
+checkpointer, eval data) → `_restore_or_create` (the newest intact checkpoint or a fresh state; every executable the run needs requested at once, in order of use, compiling in the background) →
 `_train_stage` per stage (its executable, its values, its input pipeline; steps, logs, evals, checkpoints,
 preemption) → `_finish` (final eval, final_metrics.json, stages.json).
 """
@@ -23,6 +23,7 @@ from effnet import compile as compile_lib
 from effnet import config_lib, models, optim, parallel, progressive, steps
 from effnet import metrics as metrics_lib
 from effnet import state as state_lib
+from effnet import workdir as workdir_lib
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
@@ -31,8 +32,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   parallel.initialize_distributed(config.distributed)
   workdir = os.fspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  with parallel.compilation_cache(config.train.compile_cache_dir or os.path.join(workdir, 'jax_cache')):
-    return _train_and_evaluate(config, workdir)
+  with workdir_lib.hold(workdir):  # process 0 holds the workdir: a second run on it fails here, naming the holder
+    with parallel.compilation_cache(config.train.compile_cache_dir or os.path.join(workdir, 'jax_cache')):
+      return _train_and_evaluate(config, workdir)
 
 
 @dataclasses.dataclass
