@@ -30,6 +30,18 @@ def _install_torchvision_shim():
     globals()["_TORCHVISION_SHIM"] = lib
 
 
+# Files that train real runs, longest first (measured on 2 cores). `make test` hands whole files to two workers in
+# collection order; starting the long ones first keeps one worker from finishing alone on the last long file.
+_LONG_FILES = ('test_demo.py', 'test_search.py', 'test_distributed.py', 'test_resume.py', 'test_grid_search.py',
+               'test_progressive_train.py', 'test_checkpoint_damage.py', 'test_train.py', 'test_notebook.py',
+               'test_convert.py', 'test_workdir_lock.py')
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(_LONG_FILES)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(_LONG_FILES)))  # stable: order within a file kept
+
+
 def pytest_configure(config):
   _install_torchvision_shim()  # here, not at import: the training child processes import this module too
   config.addinivalue_line("markers", "slow: long-running (still runs in CI)")
