@@ -4,7 +4,8 @@ r"""EfficientNet v1: B0..B8, L2, or any compound coefficient φ, with the tensor
   python -m effnet.main --config=configs/efficientnet.py:phi=2.5,runlocal --workdir=/tmp/phi
   python -m effnet.main --config=configs/efficientnet.py:b0 --config.data.augment=autoaugment ...
 
-Arg tokens: the variant (b0..b8, l2, phi=<float> [alpha=,beta=,gamma= to replace 1.2, 1.1, 1.15]), `runlocal`
+Arg tokens: the variant (b0..b8, l2, phi=<float> [alpha=,beta=,gamma= to replace 1.2, 1.1, 1.15]; or the
+tensorflow/tpu edge models lite0..lite4, edgetpu_s, edgetpu_m, edgetpu_l), `runlocal`
 (tiny CPU run on the built-in digits set),
 `aml` (train at 0.8× eval size as google/automl trains v1 models).
 """
@@ -17,6 +18,8 @@ def get_config(arg=None):
   variant = a.variant if a.phi is None else f'phi={a.phi}'
   c = config_lib.base_config()
   config_lib.apply_model_settings(c, models.variant_settings('v1', variant))
+  if variant in models.LITE_VARIANTS + models.EDGETPU_VARIANTS:
+    c.data.normalization = 'edge'  # their builders normalise (x - 127) / 128 (MEAN_RGB 127, STDDEV_RGB 128)
   if a.alpha or a.beta or a.gamma:  # compound scaling with other constants (e.g. from launch.grid_search)
     if a.phi is None:
       raise ValueError('config args alpha/beta/gamma need phi=<float>')

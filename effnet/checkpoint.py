@@ -7,10 +7,17 @@ current shardings, so a checkpoint written on N devices restores on M.
 
 A step can still be damaged after its rename (a truncated or lost data file on a flaky disk or bucket). `restore()`
 then walks back to the newest intact step and logs what it skipped; see `Checkpointer.restore` and
-`Checkpointer.save` for what happens to the damaged step folders (they are never deleted).
+`Checkpointer.save` for what happens to the damaged step folders (they are never deleted). Only what damage was seen
+to raise counts as damage (`_is_damage`); any other error propagates, so a bug is never walked past.
+
+Each step also holds the config of the run that wrote it (the `config` item, JSON, committed with the arrays in the
+same atomic rename), so a resume with a changed model names the changed fields, and the trainer can say what a
+changed batch or device count changes.
 """
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import os
 import signal
@@ -22,9 +29,26 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-# What a damaged step raises on restore: TensorStore reports truncated / missing data files as ValueError,
-# orbax a missing metadata file as FileNotFoundError (OSError), a missing item as KeyError, a cut JSON as ValueError.
-_DAMAGE_ERRORS = (OSError, ValueError, KeyError)
+# What damage raises on restore with orbax 0.12.8 / TensorStore (each case reproduced in
+# tests/test_checkpoint_damage.py):
+#   data file under state/d truncated      ValueError 'OUT_OF_RANGE: ... Requested byte range [0, 252) is not valid
+#                                          for value of size 126 [tensorstore_spec=...]'
+#   data file or state/manifest.ocdbt lost ValueError 'NOT_FOUND: ... Error reading ... [tensorstore_spec=...]'
+#   data file overwritten                  ValueError 'DATA_LOSS: ... Error decoding b-tree node ...'
+#   compressed data corrupted in place     ValueError 'Error opening "zarr" driver: ... Error decoding b-tree node:
+#                                          ZSTD_decompressStream() failed ...' (INVALID_ARGUMENT, shown without code)
+#   state/_METADATA lost                   FileNotFoundError 'Metadata file (named _METADATA) does not exist ...'
+#   meta/metadata lost                     FileNotFoundError 'File .../meta/metadata not found.'
+#   meta/ lost                             KeyError 'Item "meta" was not found in the checkpoint. ...'
+#   _METADATA, meta or config JSON cut     json.JSONDecodeError
+# Not damage, so propagated: TensorStore errors of other codes (PERMISSION_DENIED, UNAVAILABLE, DEADLINE_EXCEEDED:
+# the step is intact and must not be walked past and renamed aside; FAILED_PRECONDITION or a non-decoding
+# INVALID_ARGUMENT: a wrong request, i.e. a bug), other OSErrors, ValueErrors and KeyErrors.
+_TENSORSTORE_MARK = '[tensorstore_spec='  # TensorStore appends the spec of the failed open to its messages
+_DAMAGE_CODES = ('NOT_FOUND:', 'OUT_OF_RANGE:', 'DATA_LOSS:')
+# The config sections that decide the stored variables and their shapes (the optimizer state's structure depends on
+# no config field): a resume that does not fit lists the changes in these.
+_TREE_SECTIONS = ('model',)
 
 
 class CheckpointMismatchError(ValueError):
@@ -34,6 +58,41 @@ class CheckpointMismatchError(ValueError):
 
 class DamagedCheckpointError(ValueError):
   """No step that could be restored (or the explicitly requested step is damaged)."""
+
+
+class CheckpointWriteError(OSError):
+  """A checkpoint step could not be written (errno ENOSPC for a full disk). The message names the step, the
+  directory and the complete step a restart resumes from."""
+
+
+# What a failed write raises: Python's file writes OSError, TensorStore ValueError ('RESOURCE_EXHAUSTED: ... No
+# space left on device [os_error_code='28']'), orbax's threads RuntimeError.
+_WRITE_ERRORS = (OSError, ValueError, RuntimeError)
+
+
+def _is_disk_full(error: BaseException) -> bool:
+  """ENOSPC anywhere in the exception chain, as Python raises it (errno) or TensorStore reports it (message)."""
+  for _ in range(8):  # the error, its cause, the cause's cause...
+    if error is None:
+      return False
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+      return True
+    if 'No space left on device' in str(error) or f"os_error_code='{errno.ENOSPC}'" in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def _is_damage(error: BaseException) -> bool:
+  """Whether `error`, raised while restoring one step, is one of the kinds damage raises (table above)."""
+  if isinstance(error, (FileNotFoundError, json.JSONDecodeError)):
+    return True
+  if isinstance(error, KeyError):
+    return 'was not found in the checkpoint' in str(error)
+  text = str(error)
+  if isinstance(error, ValueError) and _TENSORSTORE_MARK in text:
+    return text.startswith(_DAMAGE_CODES) or 'Error decoding' in text
+  return False
 
 
 def _short_reason(error: BaseException) -> str:
@@ -71,10 +130,45 @@ def _first_mismatch(stored: dict, requested: dict) -> Optional[str]:
   return None
 
 
-class Checkpointer:
-  """Thin wrapper over `ocp.CheckpointManager` for the train state plus a small JSON of metadata."""
+def _flat_fields(tree, prefix: str = '') -> dict[str, Any]:
+  """{'model.blocks[1]': value, ...}: every leaf of a JSON tree by its dotted path, list entries by index, so two
+  configs compare field by field (and a changed block string is named alone)."""
+  if isinstance(tree, dict):
+    items = [(f'{prefix}.{k}' if prefix else str(k), v) for k, v in tree.items()]
+  elif isinstance(tree, (list, tuple)):
+    items = [(f'{prefix}[{i}]', v) for i, v in enumerate(tree)]
+  else:
+    return {prefix: tree}
+  out = {}
+  for path, value in items:
+    out.update(_flat_fields(value, path))
+  return out
 
-  def __init__(self, directory: str, *, keep: int = 3, every_steps: int = 1000, use_async: bool = True):
+
+def changed_fields(stored: dict, current: dict, sections=None) -> list[str]:
+  """`path: old → new` for each config field that differs between `stored` and `current` (JSON trees), in path
+  order; only fields under `sections` when given. A field only one side has shows `(absent)` on the other."""
+  old, new = _flat_fields(stored), _flat_fields(current)
+  absent = object()
+  lines = []
+  for path in sorted(set(old) | set(new)):
+    if sections is not None and path.split('.')[0].split('[')[0] not in sections:
+      continue
+    before, after = old.get(path, absent), new.get(path, absent)
+    if before != after:
+      show = lambda v: '(absent)' if v is absent else repr(v)  # noqa: E731
+      lines.append(f'{path}: {show(before)} → {show(after)}')
+  return lines
+
+
+class Checkpointer:
+  """Thin wrapper over `ocp.CheckpointManager` for the train state plus two small JSON items: metadata and the
+  config of the run that wrote the step."""
+
+  def __init__(self, directory: str, *, keep: int = 3, every_steps: int = 1000, use_async: bool = True,
+               config: Optional[dict] = None):
+    """`config`: the run's config as a JSON-able dict (`json.loads(config.to_json_best_effort())`), written with
+    every step as its `config` item and compared with the stored one on restore; None writes and compares none."""
     if keep < 1:
       raise ValueError(f'train.keep_checkpoints={keep}; allowed: >= 1')
     if every_steps < 1:
@@ -85,7 +179,11 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every_steps,
                                            enable_async_checkpointing=use_async, create=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self._every_steps, self._use_async = every_steps, use_async
+    self._pending_step: Optional[int] = None  # an async save started and not waited for yet (see `_start_save`)
     self._damaged_steps: list[int] = []  # skipped by the last restore; moved aside by the next save
+    self._config = None if config is None else json.loads(json.dumps(config))  # tuples as JSON lists, as stored
+    self.restored_config: Optional[dict] = None  # the config stored with the step the last restore returned
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
@@ -101,7 +199,11 @@ class Checkpointer:
     naming it and why, and the next older one is tried: a preempted pod must not need a person to find and
     delete a step folder before it can resume. Nothing is deleted here; the damaged steps are remembered and
     moved aside by the next `save` (see there). A stored tree that differs from `abstract_state` raises
-    `CheckpointMismatchError` at once, since walking back cannot fix a changed model. If no step is intact,
+    `CheckpointMismatchError` at once, before any array is read, since walking back cannot fix a changed model; it
+    lists the changed model fields when the step stored its config. A model change that keeps every variable
+    (e.g. the dropout rate) is logged and restored. `restored_config` then holds the restored step's config (None
+    for a step from before configs were stored). Only errors `_is_damage` recognizes count as damage; any other
+    propagates at once. If no step is intact,
     `DamagedCheckpointError` lists each step and its failure. An explicit `step` is tried alone."""
     steps = sorted(self.all_steps(), reverse=True) if step is None else [step]
     if not steps:
@@ -112,7 +214,9 @@ class Checkpointer:
         state, meta = self._restore_step(abstract_state, candidate)
       except CheckpointMismatchError:
         raise
-      except _DAMAGE_ERRORS as e:
+      except (OSError, ValueError, KeyError) as e:
+        if not _is_damage(e):
+          raise
         failures.append((candidate, _short_reason(e)))
         if step is None:
           logging.warning('checkpoint step %d in %s is damaged, trying an older step: %s', candidate,
@@ -125,18 +229,61 @@ class Checkpointer:
       return state, meta
     raise DamagedCheckpointError(self._damage_message(failures, explicit=step is not None))
 
+  def check_model(self, abstract_variables) -> None:
+    """Raises `CheckpointMismatchError` (the same message as `restore`'s) when the newest step's params and
+    batch_stats do not fit `abstract_variables` ({'params': ..., 'batch_stats': ...} shapes of this run's model).
+
+    Why: the trainer calls this before any data loads or anything compiles, so a resume with a changed model fails
+    in seconds, not after the dataset was prepared. No checkpoint, or a newest step too damaged to read its tree:
+    nothing here (`restore` walks back past damage and checks the step it restores)."""
+    step = self.latest_step()
+    if step is None:
+      return
+    try:
+      stored_config = self._stored_config(step)
+      stored = ocp.StandardCheckpointHandler().metadata(self._step_path(step) / 'state').tree
+    except (OSError, ValueError, KeyError) as e:
+      if not _is_damage(e):
+        raise
+      return
+    stored_variables = {k: stored[k] for k in abstract_variables if k in stored}
+    mismatch = _first_mismatch(_shapes_by_path(stored_variables), _shapes_by_path(abstract_variables))
+    if mismatch:
+      raise CheckpointMismatchError(self._mismatch_message(step, mismatch, stored_config))
+
   def _restore_step(self, abstract_state, step: int):
-    """One step: its stored tree checked against `abstract_state` first (orbax's own shape error does not name
-    the variable), then the arrays and the JSON metadata."""
+    """One step: its stored config and tree checked against this run's first (orbax's own shape error names
+    neither the variable nor the cause), then the arrays and the JSON metadata."""
+    stored_config = self._stored_config(step)
     stored = ocp.StandardCheckpointHandler().metadata(self._step_path(step) / 'state')
     mismatch = _first_mismatch(_shapes_by_path(stored.tree), _shapes_by_path(abstract_state))
     if mismatch:
-      raise CheckpointMismatchError(
-          f'checkpoint step {step} in {self.directory} does not fit the model being trained: {mismatch}. '
-          'Restore with the config that wrote it, or start this config in a new workdir.')
+      raise CheckpointMismatchError(self._mismatch_message(step, mismatch, stored_config))
+    if stored_config is not None and self._config is not None:
+      fitting = changed_fields(stored_config, self._config, _TREE_SECTIONS)
+      if fitting:
+        logging.warning('checkpoint step %d was written with other %s settings; the variables still fit, so '
+                        'training goes on with the new ones: %s', step, '/'.join(_TREE_SECTIONS),
+                        '; '.join(fitting))
     out = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    self.restored_config = stored_config
     return out['state'], dict(out['meta'] or {})
+
+  def _stored_config(self, step: int) -> Optional[dict]:
+    """The config item of `step`, or None for a step written before configs were stored (or without one)."""
+    path = self._step_path(step) / 'config'
+    return ocp.handlers.JsonCheckpointHandler().restore(path) if path.exists() else None
+
+  def _mismatch_message(self, step: int, mismatch: str, stored_config: Optional[dict]) -> str:
+    """Names the cause (the changed model fields, when the step stored its config) and the first variable."""
+    message = f'checkpoint step {step} in {self.directory} does not fit the model being trained'
+    if stored_config is not None and self._config is not None:
+      changes = changed_fields(stored_config, self._config, _TREE_SECTIONS)
+      message += (f'; changed since it was written: {"; ".join(changes)}' if changes else
+                  f'; no {"/".join(_TREE_SECTIONS)} field of the config changed (the code that builds it did)')
+    return (f'{message}; first mismatched variable: {mismatch}. '
+            'Restore with the config that wrote it, or start this config in a new workdir.')
 
   def _damage_message(self, failures, explicit: bool) -> str:
     listing = '; '.join(f'step {s}: {reason}' for s, reason in failures)
@@ -163,8 +310,10 @@ class Checkpointer:
       self._move_damaged_steps_aside()
     if step in self._manager.all_steps():
       return False
-    return self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta or {}))), force=force)
+    items = {'state': ocp.args.StandardSave(state), 'meta': ocp.args.JsonSave(dict(meta or {}))}
+    if self._config is not None:  # one more item of the same step: committed by the same rename as the arrays
+      items['config'] = ocp.args.JsonSave(self._config)
+    return self._start_save(step, ocp.args.Composite(**items), force)
 
   def _move_damaged_steps_aside(self):
     """Renames the damaged step folders (host 0 only, all hosts wait) and makes orbax re-read the step list."""
@@ -186,12 +335,49 @@ class Checkpointer:
     """True on every host at the same step once a TPU/cluster preemption notice arrived (multi-host safe)."""
     return self._manager.reached_preemption(step)
 
+  def _start_save(self, step: int, args, force: bool) -> bool:
+    """`manager.save` with its failures named. An async save fails in orbax's background thread and surfaces only
+    at the next wait, which orbax does inside the next save: waiting here first (only on a step that saves, so the
+    loop never blocks on other steps) blames the step that failed, not the one that happened to be next."""
+    if self._pending_step is not None and (force or step % self._every_steps == 0):
+      self.wait()
+    try:
+      started = self._manager.save(step, args=args, force=force)
+    except _WRITE_ERRORS as e:
+      raise self._write_error(step, e) from e
+    if started and self._use_async:
+      self._pending_step = step
+    return started
+
   def wait(self):
-    self._manager.wait_until_finished()
+    """Blocks until the background save is complete; a failed one raises `CheckpointWriteError` naming its step."""
+    step, self._pending_step = self._pending_step, None
+    try:
+      self._manager.wait_until_finished()
+    except _WRITE_ERRORS as e:
+      raise self._write_error(step, e) from e
+
+  def _write_error(self, step: Optional[int], error: BaseException) -> CheckpointWriteError:
+    """The error a failed save raises: the step, the directory, ENOSPC spelled out, and the step a restart resumes
+    from (orbax renames a step into place only once complete, and deletes old steps only after that)."""
+    done = sorted(int(p.name) for p in epath.Path(self.directory).iterdir() if p.name.isdigit())
+    resume = (f'the newest complete checkpoint, step {done[-1]}, is untouched and a restart resumes from it'
+              if done else 'no complete checkpoint exists yet')
+    what = f'checkpoint step {step}' if step is not None else 'a checkpoint'
+    if _is_disk_full(error):
+      return CheckpointWriteError(errno.ENOSPC, f'{what} could not be written to {self.directory}: the disk is full '
+                                  f'(ENOSPC, no space left on device); {resume}. Free space on that disk or move '
+                                  'the workdir to a larger one, then restart the run.')
+    return CheckpointWriteError(getattr(error, 'errno', None) or errno.EIO,
+                                f'{what} could not be written to {self.directory} ({_short_reason(error)}); '
+                                f'{resume}.')
 
   def close(self):
-    self._manager.wait_until_finished()
-    self._manager.close()
+    """Waits for the background save (raising if it failed), then releases orbax's threads either way."""
+    try:
+      self.wait()
+    finally:
+      self._manager.close()
 
 
 class PreemptionFlag:

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import importlib.util
 import numbers
 import os
 import re
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import ml_collections
 from ml_collections import config_dict
 
 from effnet import data, models, optim, parallel, progressive
+from effnet.data import bad_examples
 
 NAN_POLICIES = ('stop', 'skip')
 
@@ -35,7 +37,7 @@ def parse_arg(arg: str | None, lazy: bool = False, **spec):
       key, text = tok.split('=', 1)
       if key not in spec and not lazy:
         raise ValueError(f'config arg {key!r} in {arg!r}; allowed: {sorted(spec)}')
-      cfg[key] = _typed_arg(text, spec[key]) if key in spec else text
+      cfg[key] = _typed_arg(key, text, spec[key], arg) if key in spec else text
     elif tok in spec and isinstance(spec[tok], bool):
       cfg[tok] = True
     elif str_keys:
@@ -45,13 +47,25 @@ def parse_arg(arg: str | None, lazy: bool = False, **spec):
   return cfg
 
 
-def _typed_arg(text: str, default):
-  """'128' -> 128 for an int spec; a None spec is an optional number (e.g. phi=None means "not given")."""
-  if default is None:
-    return float(text)
+_BOOL_WORDS = {'1': True, 'true': True, 'yes': True, '0': False, 'false': False, 'no': False}
+
+
+def _typed_arg(key: str, text: str, default, arg: str):
+  """'128' -> 128 for an int spec; a None spec is an optional number (e.g. phi=None means "not given").
+
+  A value that is not of the spec's type raises ValueError naming the token, the value and what it allows."""
   if isinstance(default, bool):
-    return text.lower() in ('1', 'true', 'yes')
-  return type(default)(text)
+    if text.lower() not in _BOOL_WORDS:
+      raise ValueError(f'config arg {key}={text!r} in {arg!r}; allowed: {key}=true or {key}=false (or the bare '
+                       f'token {key!r})')
+    return _BOOL_WORDS[text.lower()]
+  cast = float if default is None else type(default)
+  try:
+    return cast(text)
+  except ValueError:
+    kind = {float: 'a number', int: 'an integer'}.get(cast, cast.__name__)
+    example = f', e.g. {key}={default!r}' if default is not None else f', e.g. {key}=1.5'
+    raise ValueError(f'config arg {key}={text!r} in {arg!r}; allowed: {kind}{example}') from None
 
 
 def lr_sweep() -> list[dict]:
@@ -71,7 +85,10 @@ def base_config() -> ml_collections.ConfigDict:
       family='v1', variant='b0', blocks=models.arch.V1_BASE_BLOCKS, width_coefficient=1.0, depth_coefficient=1.0,
       head_filters=1280, round_rule='tpu', depth_divisor=8, min_depth=config_dict.placeholder(int),
       num_classes=1000, dropout_rate=0.2, survival_prob=0.8, bn_momentum=0.99, bn_epsilon=1e-3, bn_group_size=0,
-      dtype='bfloat16', depthwise_impl='auto', se_ratio=config_dict.placeholder(float), scan_blocks=False))
+      dtype='bfloat16', depthwise_impl='auto', se_ratio=config_dict.placeholder(float), scan_blocks=False,
+      # Lite / EdgeTPU options (models.variant_settings): activation, stem width (None: the first block's input),
+      # Lite's unscaled stem/head and first/last stage; padding 'symmetric' for timm's PyTorch-native weights.
+      activation='silu', stem_filters=config_dict.placeholder(int), fix_head_stem=False, padding='same'))
 
   c.data = ml_collections.ConfigDict(dict(
       name='imagenet2012', data_dir=config_dict.placeholder(str), manual_dir=config_dict.placeholder(str),
@@ -82,7 +99,10 @@ def base_config() -> ml_collections.ConfigDict:
       # None: legacy bicubic for the *_v1 recipes, bilinear otherwise (as the official pipelines do).
       resize_method=config_dict.placeholder(str), flip=True, shuffle_files=True, augment='none', randaug_num_layers=2, randaug_magnitude=10.0, randaug_on_device=False,
       mixup_alpha=0.0, cutmix_alpha=0.0, normalization='imagenet', shuffle_buffer=16_384, cache=False,
-      prefetch=2))  # prefetch None or < 0: tf.data.AUTOTUNE
+      prefetch=2,  # prefetch None or < 0: tf.data.AUTOTUNE
+      # An example that does not decode (a truncated JPEG): 'skip' drops it, logs its split and record id and
+      # counts it, so one bad file never kills a long run; 'fail' stops the run naming it (effnet.data.bad_examples).
+      bad_examples='skip'))
 
   c.optim = ml_collections.ConfigDict(dict(
       lr_base=0.016, warmup_epochs=5.0, decay_epochs=2.4, decay_factor=0.97,
@@ -112,7 +132,7 @@ def base_config() -> ml_collections.ConfigDict:
 def apply_model_settings(c: ml_collections.ConfigDict, settings: dict) -> None:
   """Copies a `models.variant_settings` dict into the config's model and data sections."""
   for k in ('family', 'variant', 'blocks', 'width_coefficient', 'depth_coefficient', 'round_rule', 'dropout_rate',
-            'bn_momentum'):
+            'bn_momentum', 'activation', 'se_ratio', 'stem_filters', 'fix_head_stem'):
     c.model[k] = settings[k]
   c.data.image_size = settings['image_size']
   c.data.eval_image_size = settings['eval_image_size']
@@ -190,9 +210,11 @@ _OPTIONAL_FRACTION = _Range(0.0, 1.0, optional=True)
 _CHOICES = {
     'model.family': models.FAMILIES, 'model.round_rule': models.arch.ROUND_RULES,
     'model.dtype': tuple(models.DTYPES), 'model.depthwise_impl': models.DEPTHWISE_IMPLS,
+    'model.activation': models.ACTIVATIONS, 'model.padding': models.PADDINGS,
     'data.train_preprocess': data.TRAIN_PREPROCESS, 'data.eval_preprocess': data.EVAL_PREPROCESS,
     'data.augment': data.AUGMENTS, 'data.normalization': data.NORMALIZATIONS,
     'data.resize_method': (None,) + data.RESIZE_METHODS,  # None: per recipe (see base_config)
+    'data.bad_examples': bad_examples.POLICIES,
     'optim.schedule': optim.SCHEDULES, 'optim.weight_decay_rule': optim.WEIGHT_DECAY_RULES,
     'train.nan_policy': NAN_POLICIES, 'progressive.rule': progressive.RULES, 'distributed.initialize': parallel.INITIALIZE_MODES,
 }
@@ -205,6 +227,7 @@ _RANGES = {
     'model.bn_momentum': _FRACTION, 'model.bn_epsilon': _above(0),
     'model.bn_group_size': _at_least(0),  # 0: statistics over the global batch
     'model.se_ratio': _Range(0.0, 1.0, high_open=False, optional=True),
+    'model.stem_filters': _at_least(1, optional=True),  # None: round_filters(first block's input filters)
     'data.image_size': _above(0), 'data.eval_image_size': _above(0), 'data.crop_padding': _at_least(0),
     'data.randaug_num_layers': _at_least(0), 'data.randaug_magnitude': _at_least(0),
     'data.mixup_alpha': _at_least(0), 'data.cutmix_alpha': _at_least(0), 'data.shuffle_buffer': _at_least(1),
@@ -232,7 +255,7 @@ _RANGES = {
 
 _FLAGS = ('model.scan_blocks', 'data.flip', 'data.shuffle_files', 'data.randaug_on_device', 'data.cache',
          'optim.ema_per_stage', 'train.async_checkpointing', 'train.eval_ema', 'train.compile_ahead',
-         'progressive.enabled', 'progressive.scale_batch')
+         'progressive.enabled', 'progressive.scale_batch', 'model.fix_head_stem')
 
 
 def _field(c: ml_collections.ConfigDict, dotted: str):
@@ -365,21 +388,86 @@ def _parse_value(text: str, current: Any) -> Any:
 
 
 def apply_override(config, assignment: str) -> None:
-  """Applies one `section.field=value` override in place; unknown fields raise ValueError naming them."""
+  """Applies one `section.field=value` override in place; an unknown field raises ValueError naming its full dotted
+  path and the closest valid fields."""
   key, sep, text = assignment.partition('=')
   key = key.strip()
   if not sep or not key:
-    raise ValueError(f'--set {assignment!r}: expected "section.field=value", e.g. "model.dropout_rate=0.3"')
-  *parents, leaf = key.split('.')
-  node = config
-  for i, part in enumerate(parents):
-    if part not in node:
-      raise ValueError(f'--set {key}: no field {".".join(parents[:i + 1])!r}; allowed: {sorted(node.keys())}')
-    node = node[part]
-  if not hasattr(node, 'keys') or leaf not in node:
-    allowed = sorted(node.keys()) if hasattr(node, 'keys') else []
-    raise ValueError(f'--set {key}: no such field; allowed in {".".join(parents) or "config"}: {allowed}')
+    raise ValueError(f'override {assignment!r}: expected "section.field=value", e.g. "model.dropout_rate=0.3"')
+  node, leaf = _field_parent(config, key)
   try:
     node[leaf] = _parse_value(text, node[leaf])
   except (TypeError, ValueError) as e:
-    raise ValueError(f'--set {key}={text!r}: {e}') from None
+    raise ValueError(f'{key}={text!r}: {e}') from None
+
+
+def _field_parent(config, key: str):
+  """(the section that holds the field `key` names, the field's own name), walking nested sections."""
+  parts = key.split('.')
+  node = config
+  for i, part in enumerate(parts):
+    where = '.'.join(parts[:i])
+    if not hasattr(node, 'keys'):
+      raise ValueError(f'{key}: no such config field; {where} is a value ({node!r}), not a section with fields')
+    if part not in node:
+      raise ValueError(_no_such_field(key, where, part, list(node.keys())))
+    if i < len(parts) - 1:
+      node = node[part]
+  return node, parts[-1]
+
+
+def _no_such_field(key: str, where: str, name: str, names: Sequence[str]) -> str:
+  prefix = f'{where}.' if where else ''
+  close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+  hint = f'did you mean {" or ".join(prefix + c for c in close)}? ' if close else ''
+  return f'{key}: no such config field; {hint}the fields of {where or "the config"}: {", ".join(sorted(names))}'
+
+
+# ---- the config a command line trains: one check for effnet.main and every launcher ----
+def parse_command_line(args: Sequence[str]) -> tuple[Optional[str], list[str]]:
+  """(the spec of `--config=SPEC` or `--config SPEC`, the `KEY=VALUE` of every `--config.KEY=VALUE`, in order) of
+  effnet.main-style arguments; other arguments (--workdir, entry-module flags) are skipped. The spec is None when
+  there is no --config. `--config.KEY` without `=VALUE` raises ValueError (it cannot be checked before the run)."""
+  spec, overrides = None, []
+  args = list(args)
+  for i, a in enumerate(args):
+    if a == '--config' and i + 1 < len(args):
+      spec = args[i + 1]
+    elif a.startswith('--config='):
+      spec = a[len('--config='):]
+    elif a.startswith('--config.'):
+      if '=' not in a:
+        raise ValueError(f'{a}: write config overrides as --config.KEY=VALUE so they can be checked before the run')
+      overrides.append(a[len('--config.'):])
+  return spec, overrides
+
+
+def checked_config(spec: str, overrides: Sequence[str] = (), base_dir: Optional[str] = None):
+  """The config `--config=SPEC --config.KEY=VALUE ...` gives, validated: what effnet.main would train, built here
+  without loading data or compiling. A relative config path is taken from `base_dir` (default: the working
+  directory). Every failure is a ValueError that names the config, the override or the field."""
+  if base_dir:
+    path, arg = split_config_spec(spec)
+    spec = os.path.join(base_dir, path) + (f':{arg}' if arg else '')
+  try:
+    config = load_config(spec)
+  except ValueError as e:  # get_config's own errors (a bad arg token) get the spec they came from
+    raise (e if str(e).startswith('--config') else ValueError(f'--config={spec}: {e}')) from None
+  except (ImportError, SyntaxError, NameError, KeyError, AttributeError, TypeError) as e:
+    raise ValueError(f'--config={spec}: loading it failed: {type(e).__name__}: {e}') from None
+  for assignment in overrides:
+    apply_override(config, assignment)
+  try:
+    validate(config)
+  except (KeyError, AttributeError, TypeError) as e:  # a ConfigDict that does not have base_config()'s fields
+    raise ValueError(f'--config={spec}: not a training config (the fields of effnet.config_lib.base_config): '
+                     f'{type(e).__name__}: {e}') from None
+  return config
+
+
+def config_from_command_line(args: Sequence[str], base_dir: Optional[str] = None):
+  """checked_config of effnet.main-style arguments (parse_command_line); a missing --config raises ValueError."""
+  spec, overrides = parse_command_line(args)
+  if spec is None:
+    raise ValueError('--config: required, e.g. --config=configs/efficientnetv2.py:s')
+  return checked_config(spec, overrides, base_dir)

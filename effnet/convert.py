@@ -1,4 +1,4 @@
-"""Imports timm `tf_efficientnet_*` / `tf_efficientnetv2_*` weights into our variable tree.
+"""Imports timm EfficientNet weights (v1, V2, Lite, EdgeTPU) and keras.applications EfficientNets into our variables.
 
 Why: timm's `tf_*` models are faithful ports of the official TF checkpoints (TF 'SAME' padding, BN eps 1e-3), so
 their state dicts are the easiest way to start from the released ImageNet weights and the reference we check our
@@ -6,24 +6,111 @@ forward pass against. The mapping is derived from our own block list (`model_blo
 state dict, and every tensor is checked against the shapes our model expects: a wrong variant or width fails
 loudly on the first tensor that disagrees instead of producing a silently broken network.
 
-No torch import here: tensors are converted through `.detach().cpu().numpy()` when they have it.
+What shapes cannot show (padding, BN epsilon, activation) comes from the timm model's name (`timm_requirements`):
+timm's PyTorch-native `efficientnet_*` ports have the same tensor names and shapes as the `tf_*` ones but pad
+symmetrically and use BN eps 1e-5, so they convert only into a config with model.padding='symmetric' and
+model.bn_epsilon=1e-5; timm models whose layers we do not build are refused with the reason.
+
+Keras (`from_keras`): the same mapping from our block list onto Keras' layer names. Keras puts the input
+preprocessing inside the model; it is checked against effnet's data.normalization (never folded into the weights,
+since zero padding after the stem would then pad other values), and BN epsilon, activation and padding are read from
+the Keras layers and checked against the config.
+
+No torch or Keras import at module level: tensors are converted through `.detach().cpu().numpy()` when they have it.
 """
 from __future__ import annotations
 
 from typing import Any, Mapping
 
+import logging
+import os
+import re
+
 import jax
 import numpy as np
 
+from effnet.data import NORMALIZATIONS, normalize
 from effnet.models import abstract_variables, build_model, model_blocks, scan_variables
 
-__all__ = ['from_timm']
+__all__ = ['from_keras', 'from_timm', 'keras_weights', 'timm_requirements']
+
+# timm architecture name (without its '.tag') -> (what the name means, model fields the weights need). Sources:
+# timm/models/efficientnet.py: the tf_* entry points set bn_eps=1e-3 and pad_type='same'; the others keep PyTorch's
+# BatchNorm2d eps 1e-5 and symmetric padding; Lite's builder uses ReLU6, EdgeTPU's ReLU, all others SiLU.
+_TF = dict(padding='same', bn_epsilon=1e-3)
+_TORCH = dict(padding='symmetric', bn_epsilon=1e-5)
+_TIMM_CONVERTIBLE = (
+    (r'tf_efficientnet_(b[0-8]|l2)', "a port of the official TF EfficientNet", dict(_TF, activation='silu')),
+    (r'tf_efficientnetv2_(s|m|l|xl|b[0-3])', "a port of the official TF EfficientNetV2", dict(_TF, activation='silu')),
+    (r'tf_efficientnet_lite[0-4]', "a port of the official TF EfficientNet-Lite", dict(_TF, activation='relu6')),
+    (r'tf_efficientnet_e[sml]', "a port of the official TF EfficientNet-EdgeTPU", dict(_TF, activation='relu')),
+    (r'efficientnet_(b[0-8]|l2)', "timm's PyTorch-native EfficientNet", dict(_TORCH, activation='silu')),
+    (r'efficientnetv2_(s|m|l|xl)', "timm's PyTorch-native EfficientNetV2", dict(_TORCH, activation='silu')),
+    (r'efficientnet_lite[0-4]', "timm's PyTorch-native EfficientNet-Lite", dict(_TORCH, activation='relu6')),
+    (r'efficientnet_e[sml]', "timm's PyTorch-native EfficientNet-EdgeTPU", dict(_TORCH, activation='relu')),
+)
+_TIMM_REFUSED = (
+    (r'.*_pruned', 'per-layer pruned channel counts, which block strings cannot express'),
+    (r'(gc_)?efficientnetv2_rw_.*', "Ross Wightman's pre-release V2 layout (rw_s/rw_m: an expand+project e=1 first "
+                                    "stage, a 272-wide last stage and a 1792 head; rw_t: V2-S scaled 0.8/0.9 with "
+                                    "timm's rounding; gc_: global-context attention instead of SE), no official model"),
+    (r'.*_cc_.*', 'CondConv (per-example mixtures of expert kernels)'),
+    (r'.*(_gn|_evos)', 'GroupNorm / EvoNorm layers instead of BatchNorm'),
+    (r'.*blur.*', 'blur-pool anti-aliased downsampling'),
+    (r'efficientnet_[xh]_.*', 'EfficientNet-X/H (space-to-depth stem and other layer changes)'),
+)
+
+
+def timm_requirements(timm_name: str) -> tuple[str, dict]:
+  """(description, {model field: value}) that weights of the timm model `timm_name` need to give timm's logits.
+
+  Raises ValueError naming why for timm models effnet does not build (the layers differ, or no official model)."""
+  arch_name = str(timm_name).split('.')[0]
+  for pattern, what, needs in _TIMM_CONVERTIBLE:
+    if re.fullmatch(pattern, arch_name):
+      return what, needs
+  for pattern, why in _TIMM_REFUSED:
+    if re.fullmatch(pattern, arch_name):
+      raise ValueError(f'timm model {timm_name!r} is not converted: it has {why}; effnet builds only the official '
+                       f'layer types, so its weights would give other logits')
+  allowed = ', '.join(p for p, _, _ in _TIMM_CONVERTIBLE)
+  raise ValueError(f'timm model {timm_name!r} is not an EfficientNet family effnet builds; allowed: {allowed}')
+
+
+def _check_timm_source(timm_name: str, model_config) -> None:
+  """Refuses a conversion whose padding / BN eps / activation differ from the timm model's (same shapes, wrong
+  logits): e.g. timm's PyTorch-native efficientnet_b0 into a TF-'SAME' config."""
+  what, needs = timm_requirements(timm_name)
+  wrong = {k: v for k, v in needs.items() if model_config[k] != v}
+  if wrong:
+    fix = ', '.join(f'model.{k}={v!r} (got {model_config[k]!r})' for k, v in wrong.items())
+    raise ValueError(f'timm model {timm_name!r} is {what}: its weights give its logits only with {fix}; '
+                     f'set those fields (effnet.convert.timm_requirements({timm_name!r}) lists them)')
+
+
+def _timm_source(source, timm_name):
+  """(state dict, timm name) from a timm model or a state dict plus the name it came from."""
+  if hasattr(source, 'state_dict') and callable(source.state_dict):
+    name = timm_name or (getattr(source, 'pretrained_cfg', None) or {}).get('architecture')
+    if not name:
+      raise ValueError('timm_name: the model carries no pretrained_cfg["architecture"]; pass timm_name="..."')
+    return source.state_dict(), name
+  if not isinstance(source, Mapping):
+    raise ValueError(f'state_dict: expected a timm model or a mapping name -> tensor, got {type(source).__name__}')
+  if not timm_name:
+    raise ValueError("timm_name=None: a bare state dict does not say which timm model it came from, and timm's "
+                     "tf_* and PyTorch-native ports share names and shapes but not padding or BN eps; pass "
+                     "timm_name (e.g. 'tf_efficientnet_b0') or the timm model itself")
+  return source, timm_name
 
 # How a timm tensor becomes ours.
 _OIHW = 'conv'        # torch conv [O, I, kh, kw] -> HWIO [kh, kw, I, O]
 _DEPTHWISE = 'dw'     # torch depthwise [C, 1, kh, kw] -> [kh, kw, 1, C]
 _LINEAR = 'linear'    # torch Linear [out, in] -> [in, out]
 _VECTOR = 'vector'    # biases, BN vectors: unchanged
+_HWIO = 'hwio'        # Keras conv [kh, kw, I, O]: unchanged
+_KERAS_DEPTHWISE = 'kdw'  # Keras depthwise [kh, kw, C, 1] -> [kh, kw, 1, C]
+_DENSE = 'dense'      # Keras Dense [in, out]: unchanged
 
 _BN_FIELDS = (('weight', 'params', 'scale'), ('bias', 'params', 'bias'),
               ('running_mean', 'batch_stats', 'mean'), ('running_var', 'batch_stats', 'var'))
@@ -102,6 +189,12 @@ def _transform(arr: np.ndarray, kind: str):
     return arr.transpose(2, 3, 1, 0) if arr.ndim == 4 else None
   if kind == _LINEAR:
     return arr.T if arr.ndim == 2 else None
+  if kind == _HWIO:
+    return arr if arr.ndim == 4 else None
+  if kind == _KERAS_DEPTHWISE:
+    return arr.transpose(0, 1, 3, 2) if arr.ndim == 4 else None
+  if kind == _DENSE:
+    return arr if arr.ndim == 2 else None
   return arr if arr.ndim == 1 else None
 
 
@@ -118,10 +211,13 @@ def _set(tree: dict, path: tuple[str, ...], value):
   tree[path[-1]] = value
 
 
-def from_timm(state_dict: Mapping[str, Any], model_config, image_size: int = 64) -> dict:
-  """Maps a timm `tf_efficientnet*` state dict onto the variables of `build_model(model_config)`.
+def from_timm(state_dict, model_config, image_size: int = 64, *, timm_name: str | None = None) -> dict:
+  """Maps the weights of a timm EfficientNet onto the variables of `build_model(model_config)`.
 
-  `state_dict`: name -> torch tensor or numpy array (`num_batches_tracked` entries are ignored).
+  `state_dict`: a timm model (its name read from `pretrained_cfg`), or its state dict (name -> torch tensor or
+  numpy array; `num_batches_tracked` entries are ignored) together with `timm_name`, e.g. 'tf_efficientnet_lite0'.
+  The name decides what shapes cannot: `timm_requirements` gives the padding, BN eps and activation the config
+  must have (ValueError naming the fields otherwise) and refuses timm models whose layers we do not build.
   Returns `{'params': ..., 'batch_stats': ...}` (nested dicts of float32 numpy arrays) ready for `module.apply`,
   in the model's layout: per block, or stacked per scan group with `model.scan_blocks` (names, shapes and errors
   are checked and reported per block either way).
@@ -129,39 +225,235 @@ def from_timm(state_dict: Mapping[str, Any], model_config, image_size: int = 64)
   need but the dict lacks, a timm tensor whose converted shape differs from ours, a timm key we did not use, or
   one of our variables nothing maps to. `image_size` only feeds the shape-only trace (any size works).
   """
-  if not isinstance(state_dict, Mapping):
-    raise ValueError(f'state_dict: expected a mapping name -> tensor, got {type(state_dict).__name__}')
+  state_dict, timm_name = _timm_source(state_dict, timm_name)
+  _check_timm_source(timm_name, model_config)
   module = build_model(model_config)
   expected = _flatten(abstract_variables(module.clone(scan_blocks=False), image_size))
   sd = {k: v for k, v in state_dict.items() if not k.endswith('num_batches_tracked')}
   with_classifier = ('params', 'head_dense', 'kernel') in expected
+  out = _assign(_entries(model_config, with_classifier), sd, expected, _TIMM_WORDS)
+  return scan_variables(out, module) if module.scan_blocks else out
+
+
+# How `_assign` names a source and its tensors in errors: (one tensor, the container).
+_TIMM_WORDS = ('timm tensor', 'state dict')
+_KERAS_WORDS = ('Keras weight', 'Keras model')
+
+
+def _assign(entries, source: Mapping, expected: dict, words: tuple[str, str]) -> dict:
+  """Our variable tree from `source` (name -> array) along `entries` (source name, our path, kind), in order.
+
+  Raises ValueError naming the first source tensor (in forward order) whose name or shape does not match: one we
+  need but `source` lacks, one whose converted shape differs from ours, one nothing used, or one of our variables
+  no entry fills."""
+  tensor, container = words
   out: dict = {}
   filled = set()
-  for timm_name, path, kind in _entries(model_config, with_classifier):
+  for tensor_name, path, kind in entries:
     ours = '/'.join(path)
     if path not in expected:
-      raise ValueError(f'timm tensor {timm_name!r} maps to our variable {ours!r}, which the model does not have '
+      raise ValueError(f'{tensor} {tensor_name!r} maps to our variable {ours!r}, which the model does not have '
                        f'(architecture mismatch)')
     want = tuple(expected[path].shape)
-    if timm_name not in sd:
-      raise ValueError(f'missing key: timm tensor {timm_name!r} (for our {ours!r}, shape {want}) is not in the '
-                       f'state dict')
-    arr = _to_numpy(sd[timm_name])
+    if tensor_name not in source:
+      raise ValueError(f'missing key: {tensor} {tensor_name!r} (for our {ours!r}, shape {want}) is not in the '
+                       f'{container}')
+    arr = _to_numpy(source[tensor_name])
     conv = _transform(arr, kind)
     if conv is None or tuple(conv.shape) != want:
       got = None if conv is None else tuple(conv.shape)
-      raise ValueError(f'shape mismatch at timm tensor {timm_name!r} {tuple(arr.shape)} (converted {got}) -> our '
-                       f'{ours!r} {want}; wrong variant / width / config for this state dict?')
+      raise ValueError(f'shape mismatch at {tensor} {tensor_name!r} {tuple(arr.shape)} (converted {got}) -> our '
+                       f'{ours!r} {want}; wrong variant / width / config for this {container}?')
     _set(out, path, np.ascontiguousarray(conv, dtype=np.float32))
     filled.add(path)
-  used = {name for name, _, _ in _entries(model_config, with_classifier)}
-  leftover = [k for k in sd if k not in used]
+  used = {name for name, _, _ in entries}
+  leftover = [k for k in source if k not in used]
   if leftover:
-    raise ValueError(f'unexpected key: timm tensor {leftover[0]!r} {tuple(_to_numpy(sd[leftover[0]]).shape)} has no '
-                     f'counterpart in our model ({len(leftover)} unused keys; wrong depth / variant?)')
+    raise ValueError(f'unexpected key: {tensor} {leftover[0]!r} {tuple(_to_numpy(source[leftover[0]]).shape)} has '
+                     f'no counterpart in our model ({len(leftover)} unused keys; wrong depth / variant?)')
   unfilled = [p for p in expected if p not in filled]
   if unfilled:
     p = unfilled[0]
-    raise ValueError(f'our variable {"/".join(p)!r} {tuple(expected[p].shape)} has no timm tensor '
+    raise ValueError(f'our variable {"/".join(p)!r} {tuple(expected[p].shape)} has no {tensor} '
                      f'({len(unfilled)} unfilled)')
+  return out
+
+
+# --- Keras (keras.applications EfficientNetB0-B7, EfficientNetV2B0-B3/S/M/L) ---------------------------------------
+#
+# Facts from keras/src/applications/efficientnet.py and efficientnet_v2.py (Keras 3):
+# - Layer names: stem_conv/stem_bn, block{stage+1}{a,b,...}_{expand_conv,expand_bn,dwconv (v1) | dwconv2 (V2),bn,
+#   se_reduce,se_expand,project_conv,project_bn}, top_conv/top_bn, predictions (Dense). Conv kernels are HWIO like
+#   ours, depthwise kernels [kh, kw, C, 1], SE convs carry biases; BN weights gamma/beta/moving_mean/moving_variance.
+# - BatchNormalization keeps Keras' default epsilon 1e-3 (the official value); activation 'swish' (= silu).
+# - Padding: V2 uses padding='same' (TF SAME). v1 pads stride-2 layers with ZeroPadding2D(correct_pad) + 'valid',
+#   which is TF SAME when the model was built for a fixed input size; built for any size (input_shape None)
+#   correct_pad assumes even inputs, so it equals SAME only when every stride-2 layer sees an even size (224, 64...).
+# - Preprocessing inside the model: v1 Rescaling(1/255) + Normalization (+ Rescaling(1/sqrt(std)) with
+#   weights='imagenet', because its weight file stores the std where Normalization expects the variance); V2 B0-B3
+#   Rescaling(1/255) + Normalization(ImageNet mean, std**2); V2 S/M/L Rescaling(1/128, offset=-1). These are
+#   checked against effnet's data.normalization (`_keras_preprocessing`), never converted.
+_KERAS_BN_FIELDS = (('gamma', 'params', 'scale'), ('beta', 'params', 'bias'),
+                    ('moving_mean', 'batch_stats', 'mean'), ('moving_variance', 'batch_stats', 'var'))
+_KERAS_ACTIVATIONS = {'swish': 'silu', 'silu': 'silu', 'relu': 'relu', 'relu6': 'relu6'}
+_KERAS_PREPROCESSING = ('Rescaling', 'Normalization')
+
+
+def _keras_conv(layer: str, ours: str, kind: str = _HWIO, bias: bool = False):
+  out = [(f'{layer}/kernel', ('params',) + tuple(ours.split('/')) + ('kernel',), kind)]
+  if bias:
+    out.append((f'{layer}/bias', ('params',) + tuple(ours.split('/')) + ('bias',), _VECTOR))
+  return out
+
+
+def _keras_bn(layer: str, ours: str):
+  return [(f'{layer}/{k}', (col,) + tuple(ours.split('/')) + (leaf,), _VECTOR) for k, col, leaf in _KERAS_BN_FIELDS]
+
+
+def _keras_block_entries(block, j: int, dwconv: str):
+  """(Keras weight path, our path, kind) for one block in forward order; the same four block types as timm's."""
+  spec = block.spec
+  k = f'block{block.stage + 1}{chr(ord("a") + j)}_'
+  o = f'blocks_{block.index}'
+  se = (_keras_conv(f'{k}se_reduce', f'{o}/se/reduce', bias=True) +
+        _keras_conv(f'{k}se_expand', f'{o}/se/expand', bias=True)) if spec.se_ratio else []
+  project = _keras_conv(f'{k}project_conv', f'{o}/project_conv') + _keras_bn(f'{k}project_bn', f'{o}/project_bn')
+  expand = (_keras_conv(f'{k}expand_conv', f'{o}/expand_conv') + _keras_bn(f'{k}expand_bn', f'{o}/expand_bn')
+            if spec.expand_ratio != 1 else [])
+  if spec.fused:
+    return expand + se + project
+  depthwise = _keras_conv(f'{k}{dwconv}', f'{o}/dw_conv', _KERAS_DEPTHWISE) + _keras_bn(f'{k}bn', f'{o}/dw_bn')
+  return expand + depthwise + se + project
+
+
+def _keras_entries(model_config, with_classifier: bool, dwconv: str):
+  blocks, _, _ = model_blocks(model_config)
+  out = _keras_conv('stem_conv', 'stem_conv') + _keras_bn('stem_bn', 'stem_bn')
+  seen: dict[int, int] = {}
+  for blk in blocks:
+    j = seen.get(blk.stage, 0)
+    seen[blk.stage] = j + 1
+    out += _keras_block_entries(blk, j, dwconv)
+  out += _keras_conv('top_conv', 'head_conv') + _keras_bn('top_bn', 'head_bn')
+  if with_classifier:
+    out += [('predictions/kernel', ('params', 'head_dense', 'kernel'), _DENSE),
+            ('predictions/bias', ('params', 'head_dense', 'bias'), _VECTOR)]
+  return out
+
+
+def _keras_model(model_or_path):
+  """The Keras model itself, or the one a saved `.keras` file holds (loaded without compiling)."""
+  if hasattr(model_or_path, 'layers') and hasattr(model_or_path, 'get_layer'):
+    return model_or_path
+  if not isinstance(model_or_path, (str, os.PathLike)):
+    raise ValueError(f'model_or_path: expected a Keras model or the path of a saved .keras file, got '
+                     f'{type(model_or_path).__name__}')
+  path = os.fspath(model_or_path)
+  if not path.endswith('.keras') or not os.path.isfile(path):
+    raise ValueError(f'model_or_path={path!r}: expected an existing .keras file (keras.Model.save("x.keras"))')
+  import keras  # pylint: disable=g-import-not-at-top  (only this converter needs Keras)
+  return keras.models.load_model(path, compile=False)
+
+
+def _keras_preprocessing(model) -> list:
+  """The layers between the input and the stem: Rescaling / Normalization only (anything else is refused)."""
+  layers = []
+  for layer in model.layers:
+    if layer.name in ('stem_conv_pad', 'stem_conv'):
+      return layers
+    kind = type(layer).__name__
+    if kind == 'InputLayer':
+      continue
+    if kind not in _KERAS_PREPROCESSING:
+      raise ValueError(f'Keras layer {layer.name!r} ({kind}) before the stem: only {_KERAS_PREPROCESSING} are '
+                       f'understood there (not a keras.applications EfficientNet?)')
+    layers.append(layer)
+  raise ValueError('Keras model has no layer named stem_conv: not a keras.applications EfficientNet')
+
+
+def _check_keras_preprocessing(model, normalization: str) -> None:
+  """Keras' built-in preprocessing must be effnet's `normalization`: the test images 0 and 255 must map alike.
+
+  An un-adapted Normalization layer (what weights=None builds for v1: mean 0, variance 1) gives x / 255, which no
+  effnet normalisation gives: refused, so a wrong preprocessing never passes as converted weights."""
+  layers = _keras_preprocessing(model)
+  if not layers:
+    logging.warning('the Keras model has no preprocessing layers (include_preprocessing=False): it expects inputs '
+                    'normalised by its caller, which cannot be checked; effnet feeds data.normalization=%r',
+                    normalization)
+    return
+  pixels = np.stack([np.zeros((1, 1, 3)), np.full((1, 1, 3), 255.0)]).astype(np.float32)
+  keras_out = pixels
+  for layer in layers:
+    keras_out = np.asarray(layer(keras_out))
+  ours = np.asarray(normalize(pixels, normalization))
+  if not np.allclose(keras_out, ours, rtol=1e-5, atol=1e-5):
+    show = lambda a: [round(float(v), 4) for v in a[0, 0]]  # noqa: E731
+    raise ValueError(f"the Keras model's preprocessing layers ({', '.join(l.name for l in layers)}) map pixel 0 to "
+                     f'{show(keras_out[0])} and 255 to {show(keras_out[1])}, but data.normalization='
+                     f'{normalization!r} maps them to {show(ours[0])} and {show(ours[1])}; the weights expect the '
+                     'Keras inputs. Pass the '
+                     'normalization that matches, or set the Normalization layer (keras.applications v1 built with '
+                     'weights=None leaves it at mean 0, variance 1)')
+
+
+def _check_keras_layers(model, model_config) -> None:
+  """BN epsilon, activation and padding: what shapes cannot show. Each must equal the config's, or it names why."""
+  eps = sorted({float(l.epsilon) for l in model.layers if type(l).__name__ == 'BatchNormalization'})
+  if not eps:
+    raise ValueError('the Keras model has no BatchNormalization layer: not a keras.applications EfficientNet')
+  if eps != [float(model_config['bn_epsilon'])]:
+    raise ValueError(f'the Keras BatchNormalization layers use epsilon {eps}; model.bn_epsilon='
+                     f'{model_config["bn_epsilon"]!r} would give other logits (set model.bn_epsilon={eps[0]!r})')
+  act = model.get_layer('stem_activation').get_config()['activation']
+  needs = _KERAS_ACTIVATIONS.get(act if isinstance(act, str) else '')
+  if needs is None:
+    raise ValueError(f'Keras activation {act!r} (layer stem_activation) is none effnet builds; allowed: '
+                     f'{sorted(_KERAS_ACTIVATIONS)}')
+  if model_config['activation'] != needs:
+    raise ValueError(f'the Keras model uses activation {act!r}: its weights need model.activation={needs!r} '
+                     f'(got {model_config["activation"]!r})')
+  if model_config['padding'] != 'same':
+    raise ValueError(f"keras.applications EfficientNets pad as TF 'SAME' (V2: padding='same'; v1: ZeroPadding2D + "
+                     f"'valid'): their weights need model.padding='same' (got {model_config['padding']!r})")
+
+
+def keras_weights(model) -> dict[str, np.ndarray]:
+  """{'layer/weight': array} of every Keras weight after the preprocessing layers (whose constants are checked
+  by `_check_keras_preprocessing`, not converted)."""
+  skip = {id(l) for l in _keras_preprocessing(model)}
+  out = {}
+  for layer in model.layers:
+    if id(layer) in skip:
+      continue
+    for w in layer.weights:
+      out[f'{layer.name}/{w.name}'] = np.asarray(w.numpy())
+  return out
+
+
+def from_keras(model_or_path, model_config, image_size: int = 64, *, normalization: str = 'imagenet') -> dict:
+  """Maps the weights of a keras.applications EfficientNet (B0-B7, V2 B0-B3/S/M/L) onto `build_model(model_config)`.
+
+  `model_or_path`: a Keras model, or the path of a `.keras` file it was saved to. `normalization`: the
+  data.normalization effnet will feed the model ('imagenet' for v1 and V2 B0-B3, 'inception_128' for V2 S/M/L, as
+  the official code); the Keras model's built-in Rescaling / Normalization layers must compute exactly that on
+  0..255 pixels, else ValueError with both mappings (Keras' pretrained v1 does: its weight file stores the std as
+  the Normalization variance and a third Rescaling(1/sqrt(std)) corrects it; a v1 built with weights=None has an
+  un-adapted Normalization, mean 0 and variance 1, i.e. plain x/255, and is refused until it is set). A model
+  without preprocessing layers (V2 include_preprocessing=False) is accepted with a warning. BN epsilon, activation
+  and padding must be the config's (`_check_keras_layers`). Whether the Keras head ends in a softmax does not matter:
+  ours gives the logits. Returns `{'params', 'batch_stats'}` like `from_timm`, raising ValueError that names the
+  first Keras weight ('layer/weight') whose name or shape does not map.
+  """
+  if normalization not in NORMALIZATIONS:  # before a .keras file is loaded
+    raise ValueError(f'normalization={normalization!r} (data.normalization); allowed: {NORMALIZATIONS}')
+  model = _keras_model(model_or_path)
+  _check_keras_preprocessing(model, normalization)  # also refuses a model without a stem_conv
+  _check_keras_layers(model, model_config)
+  weights = keras_weights(model)
+  dwconv = 'dwconv2' if any('_dwconv2/' in k for k in weights) else 'dwconv'
+  module = build_model(model_config)
+  expected = _flatten(abstract_variables(module.clone(scan_blocks=False), image_size))
+  with_classifier = ('params', 'head_dense', 'kernel') in expected
+  out = _assign(_keras_entries(model_config, with_classifier, dwconv), weights, expected, _KERAS_WORDS)
   return scan_variables(out, module) if module.scan_blocks else out

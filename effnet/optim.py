@@ -22,6 +22,7 @@ from typing import Any, Callable, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 SCHEDULES = ('exponential', 'cosine', 'constant')
@@ -69,7 +70,7 @@ def rmsprop_tf(learning_rate: ScalarOrSchedule, decay: float = 0.9, momentum: fl
 # Learning-rate schedule
 # ----------------------------------------------------------------------------------------------------------------------
 def lr_schedule(base_lr: float, steps_per_epoch: float, warmup_epochs: float = 5, decay_epochs: float = 2.4,
-                decay_factor: float = 0.97, schedule: str = 'exponential', total_steps: int | None = None,
+                decay_factor: float = 0.97, schedule: str = 'exponential', total_steps: float | None = None,
                 staircase: bool = True) -> optax.Schedule:
   """The official ``build_learning_rate`` (TPU utils.py / AML utils.py) as an optax schedule (jit-safe).
 
@@ -77,11 +78,13 @@ def lr_schedule(base_lr: float, steps_per_epoch: float, warmup_epochs: float = 5
     step 0 (``staircase=False`` drops the floor).
   * ``'cosine'``: ``0.5 * base_lr * (1 + cos(pi * step / total_steps))``, also counted from step 0 as in the official
     code (not from the end of warmup); the step is clamped at ``total_steps`` so the LR stays 0 afterwards.
+    ``total_steps`` may be a float: the official period is ``epochs * steps_per_epoch``, not the rounded step count.
   * ``'constant'``: ``base_lr``.
 
   Then, while ``step < warmup_steps = int(warmup_epochs * steps_per_epoch)``, the value is *replaced* by
   ``base_lr * step / warmup_steps``. ``steps_per_epoch`` is a float (n_train / global_batch), as in the official code.
-  Returned in float32 like TF (the decay power is taken as exp(p*log f), more accurate than a float32 pow).
+  Computed in float32 with the official operations in the official order, so the values equal those of the official
+  code run with TF (tests/test_official_schedule.py: relative 1e-6 at every recorded step, docs/fidelity.md §2).
   The config fields' ranges (warmup, decay) are checked by ``config_lib.validate``.
   """
   # A wrong name would silently give the constant branch, and notebooks call this without a config: the one check
@@ -96,27 +99,47 @@ def lr_schedule(base_lr: float, steps_per_epoch: float, warmup_epochs: float = 5
 
   base_lr = float(base_lr)
   warmup_steps = int(warmup_epochs * steps_per_epoch)
-  decay_steps = float(decay_epochs) * float(steps_per_epoch)
-  log_factor = math.log(decay_factor) if schedule == 'exponential' else 0.0
+  decayed = _decayed_lr(base_lr, schedule, float(decay_epochs) * float(steps_per_epoch), decay_factor, staircase,
+                        total_steps)
 
   def fn(step):
     step_f = jnp.asarray(step).astype(jnp.float32)
-    if schedule == 'exponential':
-      p = step_f / decay_steps
-      if staircase:
-        p = jnp.floor(p)
-      # exp(p*log f) with log f taken in float64 on the host: float32 pow(0.97, 145) is off by ~4e-6 relative.
-      lr = base_lr * jnp.exp(p * log_factor)
-    elif schedule == 'cosine':
-      t = jnp.minimum(step_f, float(total_steps))
-      lr = 0.5 * base_lr * (1.0 + jnp.cos(math.pi * t / float(total_steps)))
-    else:
-      lr = jnp.full_like(step_f, base_lr)
+    lr = decayed(step_f)
     if warmup_steps > 0:
-      lr = jnp.where(step_f < warmup_steps, base_lr * step_f / float(warmup_steps), lr)
+      lr = jnp.where(step_f < warmup_steps, _divide(base_lr * step_f, warmup_steps), lr)
     return lr.astype(jnp.float32)
 
   return fn
+
+
+def _divide(x, divisor: float):
+  """``x / divisor`` as one IEEE float32 division, as TF computes it.
+
+  XLA turns a division by a constant into a multiplication by its reciprocal, which is 1 ulp off for about half the
+  steps (measured on CPU): late in a cosine schedule ``1 + cos`` amplifies that ulp to ~1e-6 of the LR at 90 % and
+  more later, and at a decay boundary it can move ``floor`` into the neighbouring period. The barrier keeps the
+  divisor from being seen as a constant (for a scalar step, the trainer's case; a vector of steps is still rewritten).
+  """
+  return x / jax.lax.optimization_barrier(jnp.float32(divisor))
+
+
+def _decayed_lr(base_lr: float, schedule: str, decay_steps: float, decay_factor: float, staircase: bool,
+                total_steps: float | None) -> Callable[[jax.Array], jax.Array]:
+  """The schedule before warm-up, a function of the float32 step."""
+  if schedule == 'exponential':
+    # The official code raises float32(decay_factor) (0.9700000286...) to the power: 4.7e-6 above 0.97**145 at 145
+    # periods. Its log is taken on the host in float64; exp(p * log f) on device is closer than a float32 pow.
+    log_factor = math.log(float(np.float32(decay_factor)))
+
+    def exponential(step_f):
+      p = _divide(step_f, decay_steps)
+      return base_lr * jnp.exp((jnp.floor(p) if staircase else p) * log_factor)
+
+    return exponential
+  if schedule == 'cosine':
+    period = float(total_steps)
+    return lambda step_f: 0.5 * base_lr * (1.0 + jnp.cos(_divide(math.pi * jnp.minimum(step_f, period), period)))
+  return lambda step_f: jnp.full_like(step_f, base_lr)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -227,8 +250,14 @@ def ema_update(ema_tree, new_tree, step, decay: float):
 # ----------------------------------------------------------------------------------------------------------------------
 # From config
 # ----------------------------------------------------------------------------------------------------------------------
+def scaled_base_lr(lr_base: float, global_batch: int) -> float:
+  """The official linear scaling rule ``lr_base * global_batch / 256``: the peak LR before warmup and decay (also
+  what a resume with another batch reports as changed)."""
+  return float(lr_base) * global_batch / 256.0
+
+
 def build_optimizer(optim_cfg, global_batch: int, steps_per_epoch: float, total_steps: int | None,
-                    lr_scale: Union[float, Callable[[Any], Any]] = 1.0):
+                    lr_scale: Union[float, Callable[[Any], Any]] = 1.0, cosine_steps: float | None = None):
   """Returns ``(tx, schedule)`` from a whole, validated ``config.optim``; ``lr = lr_base * global_batch / 256``.
 
   Reads lr_base, warmup_epochs, decay_epochs, decay_factor, schedule, rmsprop_decay, momentum, eps and
@@ -237,11 +266,15 @@ def build_optimizer(optim_cfg, global_batch: int, steps_per_epoch: float, total_
   the loss: :func:`weight_decay_mask`, :func:`l2_loss`).
   ``lr_scale``: a float or a jit-safe function of the step (e.g. ``progressive.lr_scale_schedule``) multiplying the
   schedule, for per-stage batch sizes. The returned schedule includes it (log it as the effective LR).
+  ``cosine_steps``: the cosine schedule's period when it is not ``total_steps``. The official model_fn divides by
+  ``epochs * steps_per_epoch``, a float (186,332.15 for 60 ImageNet-21k epochs, where the run lasts 186,332 steps):
+  ``schedule.lr_period_steps`` gives it (docs/fidelity.md §2).
   """
-  base_lr = float(optim_cfg.lr_base) * global_batch / 256.0
+  base_lr = scaled_base_lr(optim_cfg.lr_base, global_batch)
   sched = lr_schedule(
       base_lr, steps_per_epoch, warmup_epochs=optim_cfg.warmup_epochs, decay_epochs=optim_cfg.decay_epochs,
-      decay_factor=optim_cfg.decay_factor, schedule=optim_cfg.schedule, total_steps=total_steps)
+      decay_factor=optim_cfg.decay_factor, schedule=optim_cfg.schedule,
+      total_steps=total_steps if cosine_steps is None else cosine_steps)
   if callable(lr_scale):
     base_sched = sched
     sched = lambda step: base_sched(step) * jnp.asarray(lr_scale(step), jnp.float32)  # noqa: E731

@@ -15,9 +15,10 @@ Two rules (``config.progressive.rule``), because the paper and the released code
   S 171/214/257/300), RandAugment ``linspace(randaug_min, randaug_max, M)``, mixup = cutmix ``linspace(0, alpha, M)``,
   and **no dropout schedule** (the model keeps its rate: ``Stage.dropout_rate`` is ``dropout_max`` or None).
 
-Default rule: ``'code'``. It is what produced the published V2 checkpoints and accuracies, its values were read from
-the source (the paper's Table 6 is known here only through third-party transcriptions), and it needs no run-time
-dropout change in the model. ``'paper'`` is available for ablations.
+Default rule: ``'code'``. It is what produced the published V2 checkpoints and accuracies, its values equal those of
+AML main.py's stage loop run for every V2 variant (tests/test_official_schedule.py; the paper's Table 6 is known here
+only through third-party transcriptions), and it needs no run-time dropout change in the model. ``'paper'`` is
+available for ablations.
 
 In both rules stage i ends at ``int((i + 1) / M * total_steps)`` (the reference's ``max_steps``); ``M = 1`` gives one
 stage at the final (max) values. The last stage always trains at exactly the target size (``size_max``, or the

@@ -1,16 +1,19 @@
 """`train_and_evaluate(config, workdir)`: the one training entry point, for a notebook, a CPU, a GPU box or a pod.
 
-Top to bottom: validate the config → start distributed JAX, hold the workdir (effnet.workdir: one run per
-workdir) and open the compile cache → `_setup` (mesh, dataset sizes, stage schedule, model, optimizer, steps,
-checkpointer, eval data) → `_restore_or_create` (the newest intact checkpoint or a fresh state; every executable the run needs requested at once, in order of use, compiling in the background) →
-`_train_stage` per stage (its executable, its values, its input pipeline; steps, logs, evals, checkpoints,
-preemption) → `_finish` (final eval, final_metrics.json, stages.json).
+Top to bottom: validate the config and the workdir → start distributed JAX, hold the workdir (effnet.workdir: one
+run per workdir) and open the compile cache → `_setup` (mesh, checkpointer and the model checked against its newest
+step, dataset sizes, the run's schedule from effnet.schedule, optimizer, steps and their compiler, eval data) →
+`_restore_or_create` (the newest intact checkpoint or a fresh state, with what a resume changes logged; every
+executable the run needs requested at once, in order of use, compiling in the background) → `_train_stage` per
+stage (its executable, its values, its input pipeline; steps, logs, evals, checkpoints, preemption) → `_finish`
+(final eval, final_metrics.json, stages.json).
 """
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
 import itertools
+import json
 import logging
 import os
 import time
@@ -20,7 +23,7 @@ import jax
 
 from effnet import checkpoint as ckpt_lib
 from effnet import compile as compile_lib
-from effnet import config_lib, models, optim, parallel, progressive, steps
+from effnet import config_lib, models, optim, parallel, progressive, schedule, steps
 from effnet import metrics as metrics_lib
 from effnet import state as state_lib
 from effnet import workdir as workdir_lib
@@ -29,8 +32,9 @@ from effnet import workdir as workdir_lib
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   """Trains `config` in `workdir` (resuming from its latest checkpoint) and returns the final metrics."""
   config_lib.validate(config)
-  parallel.initialize_distributed(config.distributed)
   workdir = os.fspath(workdir)
+  workdir_lib.check_usable(workdir)  # a file or an unwritable directory: named here, not as a bare OSError later
+  parallel.initialize_distributed(config.distributed)
   os.makedirs(workdir, exist_ok=True)
   with workdir_lib.hold(workdir):  # process 0 holds the workdir: a second run on it fails here, naming the holder
     with parallel.compilation_cache(config.train.compile_cache_dir or os.path.join(workdir, 'jax_cache')):
@@ -56,6 +60,8 @@ class _Run:
   eval_data: Any
   minival_data: Any
   eval_every: int
+  # What a checkpoint records beside the config, so that a resume can say what a new batch or device count changes.
+  resume_facts: dict = dataclasses.field(default_factory=dict)
   input_pool: Any = dataclasses.field(
       default_factory=lambda: concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='next-stage-input'))
 
@@ -105,22 +111,30 @@ def _setup(config, workdir: str) -> _Run:
   batch = config.train.batch_size
   parallel.check_batch_size(batch, mesh)
   parallel.check_batch_size(config.train.eval_batch_size, mesh, 'train.eval_batch_size')
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.train.keep_checkpoints,
+                                       every_steps=config.train.checkpoint_every_steps,
+                                       use_async=config.train.async_checkpointing,
+                                       config=json.loads(config.to_json_best_effort()))
+  module = models.build_model(config.model)
+  # A resume with a changed model fails here, naming the changed fields and the first variable, before any data
+  # loads or anything compiles (restore checks the step it restores again).
+  checkpointer.check_model(models.abstract_variables(module, config.data.image_size))
 
   from effnet.data import pipeline  # host-side TF; imported here so the rest of the package runs without TF
   builder = _prepared_builder(pipeline, config.data)  # fails on unknown datasets / missing data before any compile
   n_train = pipeline.num_train_examples(config.data, config.train.num_train_examples, builder)
   steps_per_epoch = n_train / batch
-  total_steps = total_train_steps(config.train, n_train)
-  stages = _stages(config, total_steps)
+  total_steps = schedule.total_train_steps(config.train, n_train)
+  stages = schedule.run_stages(config, total_steps)
   for st in stages:
     parallel.check_batch_size(st.batch_size, mesh, f'progressive stage {st.index} batch size')
 
-  module = models.build_model(config.model)
   lr_scale = progressive.lr_scale_schedule(stages, batch) if config.progressive.scale_batch else 1.0
-  tx, schedule = optim.build_optimizer(config.optim, batch, steps_per_epoch, total_steps, lr_scale=lr_scale)
+  tx, lr_schedule = optim.build_optimizer(config.optim, batch, steps_per_epoch, total_steps, lr_scale=lr_scale,
+                                          cosine_steps=schedule.lr_period_steps(config.train, n_train))
   use_mixing = any(st.mixup_alpha > 0 or st.cutmix_alpha > 0 for st in stages)
   step_cfg = steps.StepConfig.from_config(config, models.DTYPES[config.model.dtype], use_mixing)
-  train_step = steps.make_train_step(module, tx, schedule, step_cfg)
+  train_step = steps.make_train_step(module, tx, lr_schedule, step_cfg)
   eval_step = steps.make_eval_step(module, step_cfg, ema=config.train.eval_ema)
   abstract = state_lib.abstract_state(module, tx, config.data.image_size, parallel.replicated(mesh))
   return _Run(
@@ -129,25 +143,13 @@ def _setup(config, workdir: str) -> _Run:
                                                            jax.process_count()),
       module=module, tx=tx, step_cfg=step_cfg, abstract=abstract,
       compiler=compile_lib.StepCompiler(train_step, eval_step, abstract, mesh, steps.hyper_defaults()),
-      checkpointer=ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.train.keep_checkpoints,
-                                         every_steps=config.train.checkpoint_every_steps,
-                                         use_async=config.train.async_checkpointing),
+      checkpointer=checkpointer,
       eval_data=pipeline.create_eval_dataset(config.data, global_batch_size=config.train.eval_batch_size,
                                              builder=builder),
       minival_data=_minival_data(pipeline, config, builder),
-      eval_every=config.train.eval_every_steps or max(1, int(round(steps_per_epoch))))
-
-
-def total_train_steps(train_cfg, num_train_examples: int) -> int:
-  """`train.total_steps`, else floor(epochs × examples / batch) as google/automl's main.py computes it."""
-  if train_cfg.total_steps is not None:
-    total = int(train_cfg.total_steps)
-  else:
-    total = int(train_cfg.num_epochs * num_train_examples // train_cfg.batch_size)
-  if total <= 0:
-    raise ValueError(f'train.total_steps={total} (from train.num_epochs={train_cfg.num_epochs}, '
-                     f'{num_train_examples} examples, train.batch_size={train_cfg.batch_size}); allowed: > 0')
-  return total
+      eval_every=config.train.eval_every_steps or max(1, int(round(steps_per_epoch))),
+      resume_facts={'device_count': jax.device_count(), 'process_count': jax.process_count(),
+                    'num_train_examples': n_train})
 
 
 def _prepared_builder(pipeline, data_cfg):
@@ -175,6 +177,7 @@ def _restore_or_create(run: _Run):
   if run.checkpointer.latest_step() is not None:
     state, meta = run.checkpointer.restore(run.abstract)
     logging.info('restored step %d from %s', int(state.step), run.checkpointer.directory)
+    _log_resume_changes(run, int(state.step), run.checkpointer.restored_config, meta.get('run'))
   else:
     state = state_lib.create_train_state(run.module, run.tx, config.data.image_size, config.train.seed,
                                          parallel.replicated(run.mesh))
@@ -191,6 +194,27 @@ def _restore_or_create(run: _Run):
   loop.progress = metrics_lib.report_progress(run.total_steps, loop.writer)
   loop.flag = ckpt_lib.PreemptionFlag()
   return state, loop
+
+
+def _log_resume_changes(run: _Run, step: int, stored_config: Optional[dict], stored_facts: Optional[dict]) -> None:
+  """Logs, when the run resumes with another config, batch or device count than the checkpoint was written with,
+  what that changes: the LR, the step → epoch mapping, the total steps and the progressive stage boundaries."""
+  if stored_config is None:
+    logging.info('checkpoint step %d stores no config (written before checkpoints recorded theirs): what changed '
+                 'since cannot be reported', step)
+    return
+  facts = {**run.resume_facts, **(stored_facts or {})}  # older checkpoints: assume what is unknown is unchanged
+  old = schedule.schedule_at(schedule.config_as_stored(run.config, stored_config), facts['num_train_examples'],
+                             facts['device_count'], facts['process_count'], step)
+  new = schedule.schedule_at(run.config, run.resume_facts['num_train_examples'], run.resume_facts['device_count'],
+                             run.resume_facts['process_count'], step)
+  changed = ckpt_lib.changed_fields(
+      {k: v for k, v in stored_config.items() if k != 'model'},  # model changes: the checkpointer logged them
+      {k: v for k, v in json.loads(run.config.to_json_best_effort()).items() if k != 'model'})
+  changed_line = [f'config changed since it was written: {"; ".join(changed)}'] if changed else []
+  lines = changed_line + schedule.resume_changes(old, new, step)
+  for line in lines:
+    logging.warning('resuming at step %d: %s', step, line)
 
 
 def _request_compiles(run: _Run, step: int) -> None:
@@ -258,7 +282,7 @@ def _train_stage(run: _Run, loop: _Loop, stage, state):
 def _train_batches(run: _Run, stage, step: int):
   """The host input pipeline of `stage`, resumed at `step` (same per-host, per-epoch order as a run from 0)."""
   from effnet.data import pipeline  # pylint: disable=g-import-not-at-top
-  consumed = _examples_before(run.stages, step) // jax.process_count()
+  consumed = schedule.examples_before(run.stages, step) // jax.process_count()
   ds = pipeline.create_train_dataset(
       run.config.data, global_batch_size=stage.batch_size, image_size=stage.image_size, seed=run.config.train.seed,
       start_epoch=consumed // run.host_epoch_examples, skip_examples=consumed % run.host_epoch_examples,
@@ -320,17 +344,20 @@ def _log_train(run: _Run, loop: _Loop, stage, computed: dict, throughput) -> Non
   bad = int(computed.pop('first_nonfinite_step'))
   if bad != steps.NO_STEP and run.config.train.nan_policy == 'stop':
     raise FloatingPointError(
-        f'non-finite loss or update at step {bad + 1} (train.nan_policy=stop): the update from step {bad} '
-        f'to {bad + 1} was dropped, so the state and every checkpoint hold finite values; '
+        f'non-finite loss, update or optimizer state at step {bad + 1} (train.nan_policy=stop): the update from '
+        f'step {bad} to {bad + 1} was dropped, so the state and every checkpoint hold finite values; '
         f'train.nan_policy=skip carries on instead')
   loop.train_scalars = metrics_lib.to_scalars(computed, 'train/')
   loop.train_scalars.update({'train/images_per_sec': throughput.update(loop.step, stage.batch_size),
                              'train/image_size': float(stage.image_size), 'train/stage': float(stage.index)})
   loop.writer.write_scalars(loop.step, loop.train_scalars)
+  from effnet.data import bad_examples  # pylint: disable=g-import-not-at-top  (TF-free)
+  bad_examples.log_summary('train', loop.step)  # undecodable train examples skipped so far, if any
 
 
 def _save(run: _Run, loop: _Loop, state, force: bool = False) -> None:
-  run.checkpointer.save(loop.step, state, meta={'best': loop.best, 'stage_log': loop.stage_log}, force=force)
+  run.checkpointer.save(loop.step, state, meta={'best': loop.best, 'stage_log': loop.stage_log,
+                                                'run': run.resume_facts}, force=force)
 
 
 def _timed_evals(run: _Run, loop: _Loop, state) -> dict[str, float]:
@@ -364,6 +391,8 @@ def _run_evals(compiler, state, eval_data, minival_data, mesh, config, writer, s
   if minival_data is not None:
     out.update({f'minival_{k}': v for k, v in evaluate(exe, state, minival_data, mesh).items()})
   writer.write_scalars(step, {k.replace('_', '/', 1): v for k, v in out.items()})
+  from effnet.data import bad_examples  # pylint: disable=g-import-not-at-top  (TF-free)
+  bad_examples.log_summary('eval', step)  # undecodable eval examples, in no metric, if any
   return out
 
 
@@ -383,26 +412,6 @@ def _flat(d, prefix=''):
     else:
       out[f'{prefix}{k}'] = v
   return out
-
-
-def _stages(config, total_steps: int) -> list[progressive.Stage]:
-  if config.progressive.enabled:
-    return progressive.build_stages(config.progressive, total_steps, config.data.image_size,
-                                    config.train.batch_size)
-  return [progressive.Stage(index=0, start_step=0, end_step=total_steps, image_size=config.data.image_size,
-                            randaug_magnitude=float(config.data.randaug_magnitude),
-                            mixup_alpha=float(config.data.mixup_alpha), cutmix_alpha=float(config.data.cutmix_alpha),
-                            dropout_rate=None, batch_size=config.train.batch_size)]
-
-
-def _examples_before(stages, step: int) -> int:
-  """Global train examples consumed before `step` (stages may have different batch sizes)."""
-  n = 0
-  for st in stages:
-    if step <= st.start_step:
-      break
-    n += (min(step, st.end_step) - st.start_step) * st.batch_size
-  return n
 
 
 def _hyper(stage, config, sharding):

@@ -37,6 +37,7 @@ import logging
 import os
 import secrets
 import socket
+import tempfile
 import threading
 import time
 from typing import Iterator, Optional
@@ -339,3 +340,36 @@ class _GcsStore:
     current = self.read()
     if current is not None and current.raw == seen.raw:
       self._file.unlink(missing_ok=True)
+
+
+def as_path(path):
+  """`path` (a str, local or gs://) as an etils.epath.Path: the one way effnet and launch/ open workdirs, so that
+  local disks and buckets go through the same API orbax and tfds use."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  return epath.Path(path)
+
+
+def check_usable(workdir: str) -> None:
+  """Raises ValueError naming `workdir` when a run could not write there: it is an existing file, it lies under a
+  file, or its nearest existing directory refuses a new file (permissions, a read-only disk).
+
+  Why: called before anything loads, so the mistake fails in a second instead of as a bare OSError after the
+  config, the devices and the dataset were set up. Creates nothing (the probe file is gone when this returns).
+  Remote paths (gs://) are left to their first write."""
+  if '://' in str(workdir):
+    return
+  allowed = 'allowed: a directory (existing, or to be created) this user can write'
+  path = os.path.abspath(workdir)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ValueError(f'workdir={workdir!r} is an existing file, not a directory; {allowed}')
+  existing = path
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise ValueError(f'workdir={workdir!r} cannot be created: {existing} is a file; {allowed}')
+  try:
+    with tempfile.TemporaryFile(dir=existing):
+      pass
+  except OSError as e:
+    raise ValueError(f'workdir={workdir!r} is not writable: cannot create a file in {existing} ({e.strerror}); '
+                     f'{allowed}') from None

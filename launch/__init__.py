@@ -6,7 +6,8 @@ so that each command is printed and logged exactly as it is executed, and `--dry
 executing anything.
 
   runs.py         the one run loop (Backend, run_all) of sweep.py, grid_search.py and search.py
-  cli.py          what every command line shares: the split at `--`, the parser, the TPU slice options
+  cli.py          what every command line shares: the split at `--`, the parser, the TPU slice options, and
+                  check_config, the local check of a run's config before anything is created or submitted
   tpu.py, local.py, slurm.py, sweep.py, grid_search.py, search.py, plot.py: the command-line tools
 """
 from __future__ import annotations

@@ -3,13 +3,18 @@ options and the error exit.
 
 Why one module: the tools (launch.local, slurm, tpu, sweep, grid_search, search) all take their own options, then
 `--`, then arguments passed on unchanged to the entry module. Writing that preamble and the TPU options once keeps
-their spelling and defaults the same in every tool: a sweep's `--accelerator_type` is `launch.tpu`'s.
+their spelling and defaults the same in every tool: a sweep's `--accelerator_type` is `launch.tpu`'s. The same goes
+for `check_config`, the one local check of the config a run will get, which every tool calls before it creates,
+copies or submits anything (also with --dry-run).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from typing import Sequence
+
+# Entry modules that take effnet.main's flags (--config=SPEC, --config.KEY=VALUE): their config can be checked here.
+CONFIG_MODULES = ("effnet.main", "effnet.search.worker")
 
 
 def split_passthrough(argv: Sequence[str] | None) -> tuple[list[str], list[str]]:
@@ -64,3 +69,20 @@ def fail(error: Exception, status: int = 2) -> int:
   """Prints `error: ...` to stderr and returns the exit status (2: a bad argument, nothing was run)."""
   print(f"error: {error}", file=sys.stderr)
   return status
+
+
+def check_config(args: Sequence[str], module: str = "effnet.main", base_dir: str | None = None,
+                 context: str = "") -> bool:
+  """Loads and validates, here, the config `python -m module args` would train (effnet.config_lib's check: the
+  config file, its arg, each --config.KEY=VALUE in order, every field), so that a mistake fails before a slice is
+  created, code is copied or a job is submitted. A relative config path is read from `base_dir` (where the run's
+  working directory will be; default: here). Raises ValueError prefixed with `context` (which run); returns False
+  without checking for an entry module whose flags are not effnet.main's."""
+  if module not in CONFIG_MODULES:
+    return False
+  from effnet import config_lib  # pylint: disable=g-import-not-at-top  (jax: only for the tools that run configs)
+  try:
+    config_lib.config_from_command_line(args, base_dir)
+  except ValueError as e:
+    raise ValueError(f"{context}{e}") from None
+  return True

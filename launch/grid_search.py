@@ -369,19 +369,20 @@ def _write_best(a, root: str, sets: Sequence[str], phis: Sequence[float], best: 
 
 def main(argv: Sequence[str] | None = None) -> int:
   a, extra = cli.parse(_parser(), argv)
+  root = a.workdir_root.rstrip("/")
   try:
     backend = runs_lib.backend_from_args(a)
     phis = _parse_phis(a.phis)
     sets, rest, runs = _plan_search(a, extra)
+    # Every run gets the base overrides (except the fields the grid scales) and the proxy budget.
+    common = [f"--config.{s}" for s in sets if s.partition("=")[0].strip() not in SCALED_KEYS]
+    common += [f"--config.train.total_steps={a.steps}", *rest]
+    specs = runs_lib.under_root(root, [(r.name, r.overrides) for r in runs])
+    runs_lib.check_runs(backend, a.base, specs, common)  # every candidate's config, before anything starts
   except ValueError as e:
     return cli.fail(e)
-  root = a.workdir_root.rstrip("/")
   _print_plan(a, root, runs)
-  # Every run gets the base overrides (except the fields the grid scales) and the proxy budget.
-  common = [f"--config.{s}" for s in sets if s.partition("=")[0].strip() not in SCALED_KEYS]
-  common += [f"--config.train.total_steps={a.steps}", *rest]
-  codes = runs_lib.run_all(Runner(dry_run=a.dry_run), backend, a.base,
-                           runs_lib.under_root(root, [(r.name, r.overrides) for r in runs]), common,
+  codes = runs_lib.run_all(Runner(dry_run=a.dry_run), backend, a.base, specs, common,
                            rerun=a.rerun, stop_on_failure=a.stop_on_failure)
   if a.dry_run:
     return 0

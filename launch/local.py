@@ -150,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   cli.add_flag(ap, "log_dir", default=None, help="also write process_<i>.log files here")
   a, args = cli.parse(ap, argv)
   try:
+    # the config every process will train (process 0's flags), checked before any process starts
+    cli.check_config(process_commands(a.num_processes, args, 0, a.module)[0][3:], a.module)
     return launch(args, a.num_processes, a.module, a.cpu_devices_per_process, a.gpus_per_process, a.timeout, a.port,
                   a.log_dir, dry_run=a.dry_run)
   except ValueError as e:

@@ -20,6 +20,7 @@ import sys
 import threading
 from typing import Sequence
 
+from effnet import workdir as workdir_lib
 from launch import DEFAULT_MODULE, Runner, cli, override_flags
 from launch import tpu
 
@@ -27,9 +28,7 @@ BACKENDS = ("local", "tpu")
 METRICS_FILE = "final_metrics.json"  # what effnet.main writes at the end of a run
 
 
-def as_path(p: str):
-  from etils import epath  # local paths and gs:// through the same API orbax/tfds use
-  return epath.Path(p)
+as_path = workdir_lib.as_path  # local paths and gs:// through the same API orbax/tfds use
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +89,7 @@ class Backend:
       raise ValueError("tpu_names/zone: required with --backend=tpu")
     if self.devices:
       raise ValueError("devices: only with --backend=local; on TPU each slice in tpu_names is a worker")
+    tpu.num_hosts(self.accelerator_type)  # a slice size the generation comes in, before any slice is used
     if self.tpu_per_run and len(self.tpu_names) != 1:
       raise ValueError(f"tpu_names={self.tpu_names}: one name with --tpu_per_run (the prefix of NAME-0, NAME-1, ...)")
     if self.tpu_per_run and self.retry_preempted:
@@ -139,6 +139,18 @@ def run_one(runner: Runner, backend: Backend, config: str, run: RunSpec, extra: 
   except (ValueError, RuntimeError, OSError, subprocess.SubprocessError) as e:
     print(f"error: {run.name}: {e}", file=sys.stderr, flush=True)
     return 1
+
+
+def check_runs(backend: Backend, config: str, runs: Sequence[RunSpec], extra: Sequence[str] = ()) -> None:
+  """Checks here, before anything starts, the config every run would get (cli.check_config of its command line: the
+  config, its overrides, then `extra`); first the config with `extra` alone, then each run, so that a ValueError
+  names the run whose overrides make it invalid. Configs of TPU runs are read from the tree the slices get."""
+  base_dir = tpu.REPO_ROOT if backend.kind == "tpu" else None
+  if not cli.check_config([f"--config={config}", *extra], backend.module, base_dir, "config: "):
+    return
+  for run in runs:
+    args = [f"--config={config}", *override_flags(run.overrides), *run.flags, *extra]
+    cli.check_config(args, backend.module, base_dir, f"run {run.name} (overrides {run.overrides}): ")
 
 
 def _pending(runner: Runner, runs: Sequence[RunSpec], rerun: bool) -> list[tuple[int, RunSpec]]:

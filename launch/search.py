@@ -42,10 +42,13 @@ def run_search(cfg, search_dir: str, backend: runs_lib.Backend | None = None, ru
   backend = backend or runs_lib.Backend(module=candidates.WORKER_MODULE)
   runner = runner or Runner()
   search_dir = str(search_dir).rstrip("/")
-  cands, mine = random_search.prepare(cfg, search_dir, shard=shard, num_shards=num_shards,
-                                      check_store=not runner.dry_run)
-  codes = {} if collect_only else runs_lib.run_all(runner, backend, cfg.base_config,
-                                                   candidate_runs(cfg, search_dir, mine), extra)
+  cands, mine = random_search.prepare(cfg, search_dir, shard=shard, num_shards=num_shards, check_store=False)
+  runs = candidate_runs(cfg, search_dir, mine)
+  if not collect_only:  # every candidate's config, checked before the store is written or anything starts
+    runs_lib.check_runs(backend, cfg.base_config, runs, extra)
+  if not runner.dry_run:  # refuses a store that holds another search, records this one
+    random_search.prepare(cfg, search_dir, shard=shard, num_shards=num_shards, check_store=True)
+  codes = {} if collect_only else runs_lib.run_all(runner, backend, cfg.base_config, runs, extra)
   status = {name: runs_lib.status_text(code) for name, code in codes.items()}
   out = {"launched": list(codes), "status": status}
   if not runner.dry_run:

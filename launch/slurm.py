@@ -88,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     script = sbatch_script(args, a.nodes, a.gpus_per_node, a.mode, a.job_name, a.time, a.partition, a.account,
                            a.cpus_per_task, a.mem, a.repo_dir, a.venv or None, a.module, a.tfds_data_dir,
                            a.compilation_cache_dir, a.log_dir, a.requeue, a.sbatch)
+    # the config the tasks will train, read from --repo_dir (their working directory), before anything is written
+    cli.check_config([*args, "--config.distributed.initialize=auto"], a.module, a.repo_dir)
   except ValueError as e:
     return cli.fail(e)
   if a.dry_run:  # prints the script only

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 from effnet import config_lib
 from launch import Runner, cli, format_override_value
 from launch import runs as runs_lib
-from launch.runs import METRICS_FILE, as_path
+from launch.runs import METRICS_FILE, as_path  # as_path: effnet.workdir.as_path
 
 _MAX_NAME = 120
 
@@ -203,7 +203,8 @@ def _parser():
   cli.add_flag(parser, "collect_only", action="store_true", help="only (re)write results.csv/json")
   parser.add_argument("--rerun", action="store_true", help="run even when final_metrics.json exists")
   cli.add_flag(parser, "stop_on_failure", action="store_true")
-  cli.add_flag(parser, "no_validate", action="store_true", help="do not check override keys against get_config(ARG)")
+  cli.add_flag(parser, "no_validate", action="store_true",
+               help="do not check the sweep's override keys and every run's config here before starting")
   runs_lib.add_backend_args(parser)
   return parser
 
@@ -220,18 +221,20 @@ def _load_runs(a) -> list[dict]:
 
 def main(argv: Sequence[str] | None = None) -> int:
   a, extra = cli.parse(_parser(), argv)
+  root = a.workdir_root.rstrip("/")
   try:
     runs = _load_runs(a)
+    names = run_names(runs)
     backend = runs_lib.backend_from_args(a)
+    specs = runs_lib.under_root(root, list(zip(names, runs)))
+    if not a.no_validate and not a.collect_only:  # every point's config, before anything starts (also dry runs)
+      runs_lib.check_runs(backend, a.config, specs, extra)
   except ValueError as e:
     return cli.fail(e)
-  names = run_names(runs)
-  root = a.workdir_root.rstrip("/")
   print(f"# sweep {a.sweep or '(default)'} of {a.config}: {len(runs)} runs under {root}", flush=True)
   status = {}
   if not a.collect_only:
-    codes = runs_lib.run_all(Runner(dry_run=a.dry_run), backend, a.config,
-                             runs_lib.under_root(root, list(zip(names, runs))), extra, rerun=a.rerun,
+    codes = runs_lib.run_all(Runner(dry_run=a.dry_run), backend, a.config, specs, extra, rerun=a.rerun,
                              stop_on_failure=a.stop_on_failure)
     status = runs_lib.unfinished(codes)
     if a.dry_run:

@@ -36,6 +36,51 @@ RUNTIME_VERSIONS = {"v2": "tpu-ubuntu2204-base", "v3": "tpu-ubuntu2204-base", "v
                     "v5p": "v2-alpha-tpuv5", "v5litepod": "v2-alpha-tpuv5-lite", "v5e": "v2-alpha-tpuv5-lite",
                     "v6e": "v2-alpha-tpuv6e"}
 _ACCEL_RE = re.compile(r"^(v2|v3|v4|v5p|v5litepod|v5e|v6e)-(\d+)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sizes:
+  """The N of `<gen>-N` a generation's slices come in: the listed sizes, and with `cube` every multiple of it up to
+  `largest` (slices of whole 4x4x4-chip cubes)."""
+  listed: tuple[int, ...]
+  cube: int = 0
+  largest: int = 0
+
+  def allows(self, n: int) -> bool:
+    return n in self.listed or (self.cube > 0 and n % self.cube == 0 and self.cube <= n <= self.largest)
+
+  def __str__(self) -> str:
+    text = ", ".join(map(str, self.listed))
+    return f"{text} or a multiple of {self.cube} up to {self.largest}" if self.cube else text
+
+
+# Slice sizes per generation, from the "supported configurations" tables of the Cloud TPU docs
+# (cloud.google.com/tpu/docs/v2, /v3, /v4, /v5p, /v5e, /v6e). N counts TensorCores for v2/v3/v4/v5p (2 per chip) and
+# chips for v5e/v6e. v4 and v5p: the sub-cube shapes 2x2x1, 2x2x2, 2x2x4 and 2x4x4 chips, then whole 4x4x4-chip
+# cubes (128 TensorCores each) up to the 4096-chip v4 pod and the 16x16x24-chip largest v5p slice.
+SLICE_SIZES = {
+    "v2": _Sizes((8, 32, 128, 256, 512)),
+    "v3": _Sizes((8, 32, 64, 128, 256, 512, 1024, 2048)),
+    "v4": _Sizes((8, 16, 32, 64), cube=128, largest=8192),
+    "v5p": _Sizes((8, 16, 32, 64), cube=128, largest=12288),
+    "v5litepod": _Sizes((1, 4, 8, 16, 32, 64, 128, 256)),
+    "v6e": _Sizes((1, 4, 8, 16, 32, 64, 128, 256)),
+}
+SLICE_SIZES["v5e"] = SLICE_SIZES["v5litepod"]
+
+
+def _parse_accelerator_type(accelerator_type: str) -> tuple[str, int]:
+  """('v4', 32) of 'v4-32'; ValueError naming the option, the value and the sizes its generation comes in."""
+  m = _ACCEL_RE.match(accelerator_type or "")
+  if not m:
+    raise ValueError(f"accelerator_type={accelerator_type!r}: expected <gen>-<size> with gen in "
+                     f"{sorted(RUNTIME_VERSIONS)}, e.g. v4-8, v4-32, v5litepod-8")
+  gen, size = m.group(1), int(m.group(2))
+  if not SLICE_SIZES[gen].allows(size):
+    unit = "chips" if gen in ("v5litepod", "v5e", "v6e") else "TensorCores"
+    raise ValueError(f"accelerator_type={accelerator_type!r}: no {gen} slice has {size} {unit}; allowed sizes "
+                     f"({unit}): {SLICE_SIZES[gen]}")
+  return gen, size
 # States after which a slice must be deleted and created again (tpu-vm: Node.State; queued: QueuedResourceState).
 GONE_STATES = {"PREEMPTED", "TERMINATED", "STOPPED", "STOPPING", "SUSPENDED", "SUSPENDING", "FAILED", "DELETING", ""}
 
@@ -58,13 +103,10 @@ def tpu_jax_requirement(requirements: str | None = os.path.join(REPO_ROOT, "requ
 
 
 def num_hosts(accelerator_type: str) -> int:
-  """Workers (VMs) in a slice. v2/v3/v4/v5p names count TensorCores (8 per 4-chip host); v5e/v6e count chips
-  (one host up to 8 chips, multi-host slices have 4 chips per host)."""
-  m = _ACCEL_RE.match(accelerator_type)
-  if not m:
-    raise ValueError(f"accelerator_type={accelerator_type!r}: expected <gen>-<size> with gen in "
-                     f"{sorted(RUNTIME_VERSIONS)}, e.g. v4-8, v4-32, v5litepod-8")
-  gen, size = m.group(1), int(m.group(2))
+  """Workers (VMs) in a slice, checked against the docs' tables: v2/v3/v4/v5p names count TensorCores (8 per 4-chip
+  host: v5p-16 is 2 hosts, v5p-128 16); v5e/v6e count chips (one VM up to 8 chips, multi-host slices have 4 chips
+  per VM: v6e-16 is 4 VMs, v6e-256 64)."""
+  gen, size = _parse_accelerator_type(accelerator_type)
   if gen in ("v5litepod", "v5e", "v6e"):
     return 1 if size <= 8 else size // 4
   return max(1, size // 8)
@@ -420,6 +462,12 @@ def _act(runner: Runner, s: Slice, a, job: Job | None) -> int:
   return result if a.action in ("run", "up") else 0
 
 
+def check_job(job: Job | None) -> None:
+  """Checks here the config the workers will train (launch.cli.check_config), read from the tree they get."""
+  if job is not None:
+    cli.check_config([*train_args(job.config, job.workdir), *job.extra], job.module, REPO_ROOT)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   a, extra = cli.parse(_parser(), argv)
   if extra and a.action not in ("run", "up"):
@@ -427,7 +475,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     s = Slice(a.name, a.zone, a.accelerator_type, a.version, a.project, a.spot, a.preemptible, a.queued, a.qr_id,
               a.num_workers)
-    return _act(Runner(dry_run=a.dry_run, log_file=a.log_file), s, a, _job(a, extra))
+    job = _job(a, extra)
+    check_job(job)  # before any slice is created or code copied, also with --dry-run
+    return _act(Runner(dry_run=a.dry_run, log_file=a.log_file), s, a, job)
   except subprocess.CalledProcessError as e:
     return cli.fail(f"command failed with exit status {e.returncode}: {shlex.join(e.cmd)}", e.returncode or 1)
   except ValueError as e:

@@ -98,6 +98,14 @@ def test_v2_variants_match_official_table(variant):
     assert c.data.mixup_alpha == mix
 
 
+@pytest.mark.parametrize('variant', ['lite0', 'lite4', 'edgetpu_s', 'edgetpu_l'])
+def test_edge_models_normalize_as_their_builders(variant):
+  # tensorflow/tpu lite/ and edgetpu/ builders: MEAN_RGB = [127.0] * 3, STDDEV_RGB = [128.0] * 3
+  c = _v1(variant)
+  config_lib.validate(c)
+  assert c.data.normalization == 'edge'
+
+
 def test_v2_m_recipe_and_runlocal():
   c = _v2('m')
   assert (c.data.image_size, c.data.eval_image_size, c.model.dropout_rate) == (384, 480, 0.3)
@@ -119,7 +127,7 @@ def test_locked_config_rejects_typos():
     c.optim.lrr = 1
   with pytest.raises(AttributeError):
     c.modle = None
-  with pytest.raises(ValueError, match='no such field'):
+  with pytest.raises(ValueError, match=r'^optim\.lrr: no such config field; the fields of optim: decay_epochs'):
     apply_override(c, 'optim.lrr=1')
 
 

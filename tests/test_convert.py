@@ -20,6 +20,7 @@ MODELS = {  # timm name -> (family, variant)
     'tf_efficientnetv2_s': ('v2', 's'),
     'tf_efficientnetv2_b0': ('v2', 'b0'),
 }
+B0 = 'tf_efficientnet_b0'  # a bare state dict needs the name of the timm model it came from
 SIZES = (67, 64)  # odd and even: stride-2 TF-SAME pads (1,1) vs (0,1)
 TOL = 1e-4
 
@@ -80,7 +81,7 @@ def b0_state(timm_models):
 def test_logits_match_timm(timm_models, name):
   m = timm_models[name]
   cfg = _config(*MODELS[name])
-  variables = from_timm(m.state_dict(), cfg)
+  variables = from_timm(m, cfg)
   model = build_model(cfg)
   for size in SIZES:
     x = _images(size, seed=size)
@@ -98,7 +99,7 @@ def test_shift_depthwise_and_bn_eps_sensitivity(timm_models):
   which shows the random BN statistics make the comparison sensitive to it."""
   m = timm_models['tf_efficientnet_b0']
   cfg = _config('v1', 'b0')
-  variables = from_timm(m.state_dict(), cfg)
+  variables = from_timm(m, cfg)
   x = _images(67, seed=67)
   ref = _timm_logits(m, x)
   shift = build_model(dict(cfg, depthwise_impl='shift')).apply(variables, x, train=False)
@@ -114,8 +115,8 @@ def test_shift_depthwise_and_bn_eps_sensitivity(timm_models):
 
 def test_numpy_state_dict_and_output_layout(b0_state):
   cfg = _config('v1', 'b0')
-  from_torch = from_timm(b0_state, cfg)
-  from_np = from_timm({k: v.numpy() for k, v in b0_state.items()}, cfg)
+  from_torch = from_timm(b0_state, cfg, timm_name=B0)
+  from_np = from_timm({k: v.numpy() for k, v in b0_state.items()}, cfg, timm_name=B0)
   assert set(from_torch) == {'params', 'batch_stats'}
   np.testing.assert_array_equal(from_torch['params']['blocks_1']['dw_conv']['kernel'],
                                 from_np['params']['blocks_1']['dw_conv']['kernel'])
@@ -137,7 +138,7 @@ def test_wrong_width_names_first_mismatched_tensor(b0_state):
   # Width 1.1 keeps stem 32 and stages 1-2 at 16/24 (round_filters), but stage 3 goes 40 -> 48: the first tensor
   # that disagrees is stage 3's project conv (global block 3), after its expand, depthwise and SE tensors matched.
   with pytest.raises(ValueError) as e:
-    from_timm(b0_state, _config('v1', 'b0', width_coefficient=1.1))
+    from_timm(b0_state, _config('v1', 'b0', width_coefficient=1.1), timm_name=B0)
   msg = str(e.value)
   assert 'blocks.2.0.conv_pwl.weight' in msg and 'blocks_3/project_conv/kernel' in msg
   assert '(40, 144, 1, 1)' in msg and '(1, 1, 144, 48)' in msg
@@ -148,13 +149,13 @@ def test_missing_and_unexpected_keys_are_named(b0_state):
   sd = dict(b0_state)
   del sd['blocks.4.1.bn2.running_var']
   with pytest.raises(ValueError, match=r"missing key.*'blocks\.4\.1\.bn2\.running_var'"):
-    from_timm(sd, cfg)
+    from_timm(sd, cfg, timm_name=B0)
   sd = dict(b0_state, **{'blocks.6.1.conv_pw.weight': np.zeros((1, 1, 1, 1), np.float32)})
   with pytest.raises(ValueError, match=r"unexpected key.*'blocks\.6\.1\.conv_pw\.weight'"):
-    from_timm(sd, cfg)
+    from_timm(sd, cfg, timm_name=B0)
   # Depth 1.1 turns stage 1's single block into two (ceil(1.1)): the extra block's first tensor is missing.
   with pytest.raises(ValueError, match=r"missing key.*'blocks\.0\.1\.conv_dw\.weight'"):
-    from_timm(b0_state, _config('v1', 'b0', depth_coefficient=1.1))
+    from_timm(b0_state, _config('v1', 'b0', depth_coefficient=1.1), timm_name=B0)
   # A head with another class count.
   with pytest.raises(ValueError, match=r"'classifier\.weight'.*head_dense/kernel"):
-    from_timm(b0_state, _config('v1', 'b0', num_classes=10))
+    from_timm(b0_state, _config('v1', 'b0', num_classes=10), timm_name=B0)

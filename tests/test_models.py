@@ -282,6 +282,11 @@ def conv_results():
           conv.apply(v, x), conv.clone(depthwise_impl='shift').apply(v, x),
           _explicit_conv(x, v['params']['kernel'], stride, tf_same_pads(size, kernel, stride), groups=6),
           v['params']['kernel'].shape)
+      # model.padding='symmetric' (timm's PyTorch-native ports): torch pads (k-1)//2 per side for odd k, s 1 or 2.
+      sym = conv.clone(padding='symmetric')
+      out[('dw_sym', size, stride, kernel)] = (
+          sym.apply(v, x), sym.clone(depthwise_impl='shift').apply(v, x),
+          _explicit_conv(x, v['params']['kernel'], stride, ((kernel - 1) // 2,) * 2, groups=6))
     return out
   res = jax.jit(run)(jax.random.key(0))
   return jax.tree_util.tree_map(np.asarray, res)
@@ -305,6 +310,14 @@ def test_depthwise_shift_equals_conv(conv_results, size, stride, kernel):
   assert conv.shape == (2, -(-size // stride), -(-size // stride), 6)
   np.testing.assert_allclose(conv, shift, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(conv, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('size,stride,kernel', DW_CASES)
+def test_symmetric_padding_is_pytorchs(conv_results, size, stride, kernel):
+  conv, shift, ref = conv_results[('dw_sym', size, stride, kernel)]
+  assert conv.shape == ref.shape == shift.shape
+  np.testing.assert_allclose(conv, ref, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(shift, ref, rtol=1e-4, atol=1e-4)
 
 # ---------------------------------------------------------------------------------------------------------------
 # Dtypes and features.

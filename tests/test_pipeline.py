@@ -321,6 +321,8 @@ def test_normalize():
   y = np.asarray(normalize(x, "inception_128"))
   np.testing.assert_allclose(y[:, 0], [-1.0, 0.0, 127 / 128])
   assert normalize(x, "inception_128", dtype=jnp.bfloat16).dtype == jnp.bfloat16
+  # tensorflow/tpu's Lite/EdgeTPU builders: MEAN_RGB = [127.0] * 3, STDDEV_RGB = [128.0] * 3
+  np.testing.assert_array_equal(np.asarray(normalize(np.array([0.0, 127.0, 255.0]), "edge")), [-127 / 128, 0.0, 1.0])
   with pytest.raises(ValueError, match="normalization"):
     normalize(x, "zscore")
 

@@ -3,8 +3,9 @@ on real photos (skimage.data), plus the batched randaugment() contract (per-samp
 magnitude, one compile).
 
 Tolerance: every op is compared EXACTLY (0 differing pixels) against the host op with the same
-random draws (sign, cutout centre) at magnitudes 3, 7, 10; the geometric ops included (nearest
-sampling, half-away-from-zero rounding, products rounded like the TF kernel)."""
+random draws (sign, cutout centre) and the same argument vector at magnitudes 3, 7, 10; the geometric
+ops included (nearest sampling, half-away-from-zero rounding, products rounded like the TF kernel).
+Both against the official code's outputs: tests/test_official_augment.py."""
 import numpy as np
 import pytest
 
@@ -15,6 +16,7 @@ import skimage.data  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from effnet.data import augment as A  # noqa: E402
+from effnet.data import policy as P  # noqa: E402
 from effnet.data import randaugment_jax as R  # noqa: E402
 
 SIZE = 64
@@ -40,23 +42,7 @@ def layer_fn():
 
 def _host_ref(name, im, magnitude, sign, cy, cx):
   """The host op with the same draws (sign for geometric ops, cutout centre)."""
-  lvl = np.float32(np.float32(magnitude) / np.float32(10.0))
-  if name == 'Rotate':
-    return A.rotate(im, sign * lvl * np.float32(30.0))
-  if name == 'ShearX':
-    return A.shear_x(im, sign * lvl * np.float32(0.3))
-  if name == 'ShearY':
-    return A.shear_y(im, sign * lvl * np.float32(0.3))
-  if name == 'TranslateX':
-    return A.translate_x(im, sign * lvl * np.float32(100.0))
-  if name == 'TranslateY':
-    return A.translate_y(im, sign * lvl * np.float32(100.0))
-  if name == 'Cutout':  # official box: rows [cy-pad, cy+pad) clipped; pad = int(40*level)
-    pad = int(np.floor(magnitude / 10.0 * 40))
-    out = np.array(im)
-    out[max(0, cy - pad):min(im.shape[0], cy + pad), max(0, cx - pad):min(im.shape[1], cx + pad)] = 128
-    return out
-  return A.apply_op(im, name, magnitude, seed=[0, 0])  # no randomness in the other ops
+  return A.apply_op(im, name, magnitude, sign=sign, centre=(cy, cx))
 
 
 @pytest.mark.parametrize('magnitude', [3.0, 7.0, 10.0])
@@ -66,7 +52,7 @@ def test_every_op_matches_host_exactly(batch, layer_fn, magnitude):
   signs = np.asarray(p['sign'])
   assert set(signs.tolist()) <= {-1.0, 1.0}
   for k, name in enumerate(R.RANDAUGMENT_OPS):
-    out = np.asarray(layer_fn(batch, jnp.full((b,), k), jnp.float32(magnitude), p['sign'], p['cy'],
+    out = np.asarray(layer_fn(batch, jnp.full((b,), k), P.level_arguments(magnitude), p['sign'], p['cy'],
                               p['cx']))
     ref = np.stack([np.asarray(_host_ref(name, batch[i], magnitude, float(signs[i]),
                                          int(p['cy'][i]), int(p['cx'][i]))) for i in range(b)])
@@ -165,13 +151,17 @@ def test_magnitude_zero_is_small_change(batch):
   assert b == 4
 
 
-def test_enhance_factor_and_int_args_match_host_float64():
-  """Host: float64 level arithmetic cast to float32 / floored; here float32 (see module docstring)."""
-  ms = np.float32(np.arange(0, 61) / 2)  # 0, 0.5, ..., 30
-  f = np.asarray(jax.jit(jax.vmap(R.enhance_factor))(jnp.asarray(ms)))
-  np.testing.assert_array_equal(f, np.float32(ms.astype(np.float64) / 10 * 1.8 + 0.1))
-  for scale in (4.0, 256.0, 110.0, 40.0):
-    got = np.asarray(jax.jit(jax.vmap(lambda m: R._int_arg(m, scale)))(jnp.asarray(ms)))
-    want = np.floor(ms.astype(np.float64) / 10 * scale)
-    bad = ms[got != want].tolist()
-    assert bad == ([23.0] if scale == 110.0 else []), (scale, bad)  # documented: 2.3*110 in float64
+def test_traced_magnitude_arguments_are_the_float32_approximation():
+  """A traced float32 magnitude: its arguments are computed in float32 on device (module docstring). Against the
+  official float64-then-float32 rule (the formulas of `level_to_arg`, written here): the float arguments within
+  1 ulp, the integer ones equal except SolarizeAdd at M=23 (2.3*110 = 252.99999999999997 in float64)."""
+  ms = np.arange(0, 61) / 2  # 0, 0.5, ..., 30
+  got = np.asarray(jax.jit(jax.vmap(R.magnitude_args))(jnp.asarray(ms, jnp.float32)))
+  col = lambda name: got[:, P.ARG[name]]
+  for name, scale in (('degrees', 30.0), ('shear', 0.3), ('translate', 100.0)):
+    np.testing.assert_array_max_ulp(col(name), np.float32(ms / 10.0 * scale), maxulp=1)
+  np.testing.assert_array_max_ulp(col('enhance'), np.float32(ms / 10.0 * 1.8 + 0.1), maxulp=1)
+  for name, scale in (('posterize', 4), ('solarize', 256), ('solarize_add', 110), ('cutout', 40)):
+    want = np.floor(ms / 10.0 * scale)
+    bad = ms[col(name) != want].tolist()
+    assert bad == ([23.0] if name == 'solarize_add' else []), (name, bad)

@@ -1,5 +1,6 @@
-"""Checkpoints that survive faults: a run SIGKILLed mid-way and restarted ends bit-identical to an uninterrupted run;
-SIGTERM (preemption) finishes the step, saves and exits cleanly; a checkpoint resumes on a different device count.
+"""Checkpoints that survive faults: a run SIGKILLed at random points (also in the middle of an async save) and
+restarted after each ends bit-identical to an uninterrupted run; SIGTERM (preemption) finishes the step, saves and
+exits cleanly; a checkpoint resumes on a different device count.
 
 Bit-identity needs everything a step depends on to resume exactly: weights, BN statistics, optimizer slots, EMA,
 the per-step RNG (fold_in(rng, step): dropout 0.1 and stochastic depth are on) and the data stream (shuffled; the
@@ -7,6 +8,7 @@ train split is cut to 56 examples = 3.5 batches per epoch, so the resume point i
 an epoch boundary and the pipeline must skip exactly the examples already consumed).
 """
 import os
+import random
 import signal
 import subprocess
 import time
@@ -18,7 +20,8 @@ import pytest
 import _train_helpers as h
 
 N = 8
-KILL_AFTER = 5  # checkpoints every 2 steps: the last one before the kill is step 4, so step 5 is redone
+KILLS = 3
+ORBAX_TMP = '.orbax-checkpoint-tmp'  # suffix of orbax's temporary step folder (orbax-checkpoint 0.12.8)
 
 
 def _overrides(digits_dir, jax_cache_dir, **extra):
@@ -39,36 +42,91 @@ def _leaves(state):
   return jax.tree_util.tree_leaves_with_path(state)
 
 
-def test_kill_and_resume_is_bit_identical(tmp_path, digits_dir, jax_cache_dir, uninterrupted):
+def _kill_plan(seed: int) -> list[tuple[str, int, float]]:
+  """KILLS points (mode, step, delay) at distinct steps 1..N-1, in order: 'save' kills as soon as orbax's
+  temporary folder of a step >= `step` appears (mid async save), 'step' kills `delay` seconds after checkpoint
+  `step` is complete (wherever the run then is: a train step, the input pipeline, the next save). At least one
+  'save'."""
+  rng = random.Random(seed)
+  kill_steps = sorted(rng.sample(range(1, N), KILLS))
+  forced = rng.randrange(KILLS)
+  return [('save' if i == forced else rng.choice(('save', 'step')), s, round(rng.uniform(0.0, 0.3), 3))
+          for i, s in enumerate(kill_steps)]
+
+
+def _tmp_steps(names) -> dict[int, str]:
+  """{step: folder} of orbax's temporary step folders (`<step>.orbax-checkpoint-tmp` in orbax-checkpoint 0.12.8)."""
+  return {int(n.split('.')[0]): n for n in names if n.split('.')[0].isdigit() and n.endswith(ORBAX_TMP)}
+
+
+def _run_and_kill(workdir, overrides, mode: str, step: int, delay: float) -> dict:
+  """Starts the tiny run in `workdir`, SIGKILLs it at the point (mode, step, delay) and says where it died."""
+  ckpt_dir, logs = os.path.join(workdir, 'checkpoints'), os.path.join(workdir, f'kill_{mode}_{step}.log')
+  stale = max(_tmp_steps(os.listdir(ckpt_dir)) if os.path.isdir(ckpt_dir) else [], default=0)  # left by a kill
+  with open(logs, 'w') as log:
+    proc = subprocess.Popen(h.child_command(workdir, overrides), env=h.child_env(1), cwd=h.REPO, stdout=log,
+                            stderr=log, start_new_session=True)
+  try:
+    if mode == 'save':  # poll fast: a tiny save takes tens of milliseconds
+      ready = lambda: {s: n for s, n in _tmp_steps(os.listdir(ckpt_dir) if os.path.isdir(ckpt_dir) else []).items()
+                       if s >= step and s > stale}  # noqa: E731
+      found = h.wait_for(ready, timeout=240, proc=proc, poll=0.001) and ready()
+    else:
+      found = h.wait_for(lambda: str(step) in os.listdir(ckpt_dir) if os.path.isdir(ckpt_dir) else False,
+                         timeout=240, proc=proc)
+      time.sleep(delay)
+    assert found and proc.poll() is None, f'the run ended before kill point {(mode, step)}: see {logs}'
+    os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+  finally:
+    h.kill_group(proc)
+  names = os.listdir(ckpt_dir)
+  if mode == 'save':  # the kill landed mid-save when the temporary folder is still there and never became a step
+    saving = min(found)
+    return {'mode': 'save', 'step': saving, 'mid_save': found[saving] in names and str(saving) not in names}
+  return {'mode': 'step', 'step': step, 'mid_save': False}
+
+
+def test_sigkill_at_random_points_resumes_bit_identical(tmp_path, digits_dir, jax_cache_dir, uninterrupted):
+  """SIGKILL at KILLS seeded random points (at least one in the middle of an async save), a resume after each, then
+  a run to the end: the final state equals the uninterrupted run's bit for bit. Replay a failure with
+  EFFNET_KILL_SEED=<the printed seed>."""
   ref_dir, ref_final = uninterrupted
-  overrides = _overrides(digits_dir, jax_cache_dir)
-  killed = h.run_child(tmp_path, overrides, f'--kill_after_step={KILL_AFTER}', check=False)
-  assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr[-4000:])
-  # Saves every 2 steps (orbax also saves the first step it is handed, step 1); step 5 was never saved.
-  assert h.checkpoint_steps(str(tmp_path))[-1] == 4 and {2, 4} <= set(h.checkpoint_steps(str(tmp_path)))
+  seed = int(os.environ.get('EFFNET_KILL_SEED', random.SystemRandom().randrange(2 ** 31)))
+  plan = _kill_plan(seed)
+  print(f'EFFNET_KILL_SEED={seed} kill points (mode, step, delay s): {plan}')
+  overrides = _overrides(digits_dir, jax_cache_dir, **{'train.checkpoint_every_steps': 1,
+                                                       'train.async_checkpointing': True})
+  kills = [_run_and_kill(str(tmp_path), overrides, *point) for point in plan]
+  while not any(k['mid_save'] for k in kills) and len(kills) < KILLS + 3:  # a save finished before the kill landed
+    kills.append(_run_and_kill(str(tmp_path), overrides, 'save', 1, 0.0))
+  print(f'kills: {kills}')
+  assert any(k['mid_save'] for k in kills), f'no kill landed mid-save: {kills} (seed {seed})'
   assert not os.path.exists(tmp_path / 'final_metrics.json')
 
   resumed = h.final_metrics(h.run_child(tmp_path, overrides))
-  assert resumed['steps'] == N and resumed['stopped'] == 'completed'
-
+  assert resumed['steps'] == N and resumed['stopped'] == 'completed', f'seed {seed}'
   config = h.tiny_config(overrides)
   ref, got = h.restore(ref_dir, config, N), h.restore(str(tmp_path), config, N)
   ref_leaves, got_leaves = _leaves(ref), _leaves(got)
   assert [p for p, _ in ref_leaves] == [p for p, _ in got_leaves]
   names = set()
   for (path, a), (_, b) in zip(ref_leaves, got_leaves):
-    assert a.dtype == b.dtype and a.shape == b.shape, jax.tree_util.keystr(path)
-    assert np.array_equal(a, b), f'{jax.tree_util.keystr(path)} differs: max |d| = {np.abs(a - b).max()}'
-    names.add(jax.tree_util.keystr(path).split('.')[1].split('[')[0] if '.' in jax.tree_util.keystr(path) else '')
+    key = jax.tree_util.keystr(path)
+    assert a.dtype == b.dtype and a.shape == b.shape, key
+    assert np.array_equal(a, b), f'{key} differs (seed {seed}): max |d| = {np.abs(a - b).max()}'
+    names.add(key.split('.')[1].split('[')[0] if '.' in key else '')
   assert {'params', 'batch_stats', 'opt_state', 'ema_params', 'ema_batch_stats', 'rng', 'step'} <= names
-  # Not vacuous: the redone steps changed the weights, and the same eval follows from the same weights.
+  # Not vacuous: the steps after the uninterrupted run's step-4 checkpoint changed the weights, and the same eval
+  # follows from the same weights.
   at4 = h.restore(ref_dir, config, 4)
   assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(at4.params), jax.tree.leaves(ref.params)))
   assert resumed['eval_loss'] == ref_final['eval_loss'] and resumed['eval_top1'] == ref_final['eval_top1']
-  # The resumed run logged the losses of the redone steps 5..8 exactly as the uninterrupted run did.
+  # Every step's logged loss (the redone steps' from the last process that ran them) equals the uninterrupted run's.
   ref_loss, got_loss = h.scalars(ref_dir, 'train/loss'), h.scalars(str(tmp_path), 'train/loss')
-  for s in range(KILL_AFTER, N + 1):
-    assert got_loss[s] == ref_loss[s], (s, got_loss[s], ref_loss[s])
+  assert sorted(got_loss) == list(range(1, N + 1))
+  for s in range(1, N + 1):
+    assert got_loss[s] == ref_loss[s], (s, got_loss[s], ref_loss[s], f'seed {seed}')
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, digits_dir, jax_cache_dir):

@@ -160,8 +160,8 @@ def test_initializer_draws_the_unrolled_weights_stacked(demo):
 def test_from_timm_into_scanned_config():
   m = _randomised_timm('tf_efficientnetv2_b0')
   cfg = _config('v2', 'b0')
-  flat = from_timm(m.state_dict(), cfg)
-  stacked = from_timm(m.state_dict(), dict(cfg, scan_blocks=True))
+  flat = from_timm(m, cfg)
+  stacked = from_timm(m, dict(cfg, scan_blocks=True))
   unrolled, scanned = _pair(cfg)
   assert 'blocks_14_to_20' in stacked['params']                  # stage 6: repeats 2..8 of blocks 13..20
   jax.tree_util.tree_map(np.testing.assert_array_equal, stacked, models.scan_variables(flat, scanned))

@@ -10,10 +10,10 @@ import jax.numpy as jnp
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-NORMALIZATIONS = ("imagenet", "inception_128")
+NORMALIZATIONS = ("imagenet", "inception_128", "edge")
 # Recipe names of the host pipeline (effnet.data.pipeline); here, TF-free, so config validation can share them.
-TRAIN_PREPROCESS = ("inception_v1", "inception_v2", "resize")
-EVAL_PREPROCESS = ("center_crop_v1", "center_crop_v2", "resize")
+TRAIN_PREPROCESS = ("inception_v1", "inception_v1_0875", "inception_v2", "resize")
+EVAL_PREPROCESS = ("center_crop_v1", "center_crop_v1_0875", "center_crop_v2", "resize")
 AUGMENTS = ("none", "autoaugment", "randaugment", "ft")
 RESIZE_METHODS = ("bicubic", "bilinear")
 
@@ -23,6 +23,7 @@ def normalize(images, normalization="imagenet", dtype=jnp.float32):
 
   'imagenet':      (x - 255*mean) / (255*std), mean (.485,.456,.406), std (.229,.224,.225) (official v1 / V2-B*).
   'inception_128': (x - 128) / 128 (official V2 S/M/L/XL).
+  'edge':          (x - 127) / 128 (tensorflow/tpu's Lite and EdgeTPU builders: MEAN_RGB 127, STDDEV_RGB 128).
   The arithmetic is done in float32 and cast at the end, so a bfloat16 output only rounds once.
   """
   x = jnp.asarray(images).astype(jnp.float32)
@@ -32,6 +33,8 @@ def normalize(images, normalization="imagenet", dtype=jnp.float32):
     x = (x - mean) / std
   elif normalization == "inception_128":
     x = (x - 128.0) / 128.0
+  elif normalization == "edge":
+    x = (x - 127.0) / 128.0
   else:  # the train step passes a plain name; a config's is checked by config_lib.validate before this runs
     raise ValueError(f"data.normalization={normalization!r}; allowed: {NORMALIZATIONS}")
   return x.astype(dtype)

@@ -13,15 +13,19 @@ Facts kept from the official code (with its quirks, on purpose):
   * level -> argument (level/10 scaling): rotate 30 deg, shear 0.3, translate const, all three with a
     random sign; enhance ops (Color/Contrast/Brightness/Sharpness) 1.8*l/10+0.1 with NO sign;
     Posterize int(4*l/10) bits; Solarize int(256*l/10); SolarizeAdd int(110*l/10); Cutout int(c*l/10).
+    Computed as the official code does: Python float64, one rounding to float32 (`level_args`,
+    `policy.level_arguments`); a float32 magnitude would move some arguments by 1 ulp.
   * Geometric ops use NEAREST sampling and fill 128 (the official wrap/unwrap alpha-channel trick is
     equivalent to a V3 projective transform with fill_value=128 under nearest sampling).
   * Quirks reproduced: Solarize's threshold is converted to uint8, so 256 (M=10) wraps to 0 and
     Solarize at M=10 inverts every pixel; Posterize's shift is clamped to [0, 7] by TF's CPU kernel
     (bits 0 behaves like 1 bit, bits > 8 likewise); Contrast's "mean" is the histogram SUM / 256,
     i.e. H*W/256 (>=255 for any image >= 256x255 px), not the grey mean (`contrast(..., pil=True)`
-    gives the PIL semantics instead); blends truncate (cast) like PIL's ImagingBlend.
-Speed choices (the official graph is input-bound at ~100 img/s/core): Sharpness uses a separable 3x3
-box sum (kernel [[1,1,1],[1,5,1],[1,1,1]]/13 = (box + 4*centre)/13), Equalize one bincount over the
+    gives the PIL semantics instead); blends truncate (cast) like PIL's ImagingBlend; Sharpness's
+    smoothing sums the 3x3 taps in the order of TF's Eigen depthwise conv.
+Every op equals the official function's output bit for bit (tests/test_official_augment.py,
+docs/fidelity.md §3), run through tf.data as the pipeline runs it.
+Speed choices (the official graph is input-bound at ~100 img/s/core): Equalize one bincount over the
 3 channels, AutoContrast vectorised per channel, ops dispatched by tf.switch_case (only the chosen
 branch runs).
 
@@ -35,9 +39,10 @@ import math
 import tensorflow as tf
 
 # Official RandAugment op order (index = switch_case branch) and level scales, shared with the on-device version.
-from effnet.data.policy import (AUTOAUGMENT_CUTOUT, AUTOAUGMENT_TRANSLATE, FILL_VALUE, GEOMETRIC_OPS,  # noqa: F401
-                                LEVEL_SCALES, MAX_LEVEL, OP_INDEX, RANDAUGMENT_CUTOUT, RANDAUGMENT_OPS,
-                                RANDAUGMENT_TRANSLATE)
+from effnet.data.policy import (ARG, ARGUMENTS, AUTOAUGMENT_CUTOUT, AUTOAUGMENT_TRANSLATE,  # noqa: F401
+                                ENHANCE_OFFSET, ENHANCE_SCALE, FILL_VALUE, GEOMETRIC_OPS, LEVEL_SCALES, MAX_LEVEL,
+                                OP_INDEX, RANDAUGMENT_CUTOUT, RANDAUGMENT_OPS, RANDAUGMENT_TRANSLATE,
+                                level_arguments)
 
 IDENTITY_OP = -1  # layer index meaning "not applied" (AutoAugment prob failed)
 
@@ -122,7 +127,10 @@ def _mat(a, b, c, d, e, f):
 
 
 def rotate_matrix(degrees, height, width):
-  """tfa.image.rotate's matrix (counter-clockwise about the image centre, output->source)."""
+  """tfa.image.rotate's matrix (counter-clockwise about the image centre, output->source).
+
+  radians = float32 degrees * float32(pi/180), then TF's float32 cos / sin, as the official `rotate`.
+  """
   rad = tf.cast(degrees, tf.float32) * (math.pi / 180.0)
   c, s = tf.cos(rad), tf.sin(rad)
   w1 = tf.cast(width, tf.float32) - 1.0
@@ -228,16 +236,22 @@ def brightness(image, factor):
 
 
 def sharpness(image, factor):
-  """PIL Sharpness: blend(SMOOTH(image) with original 1-px border, image, factor).
+  """PIL Sharpness as the official code computes it: blend(SMOOTH(image) with the original 1-px border, image, f).
 
-  SMOOTH = [[1,1,1],[1,5,1],[1,1,1]]/13 computed as (3x3 box sum + 4*centre)/13 with separable
-  slice-adds, truncated to uint8 like the official depthwise-conv version.
+  SMOOTH is the official depthwise conv with kernel [[1,1,1],[1,5,1],[1,1,1]] / 13 in float32, whose CPU kernel
+  (Eigen, TF_ENABLE_ONEDNN_OPTS=0) sums the nine products tap by tap in row-major order, each product and each sum
+  rounded to float32; the same sequence here gives the same bits (the exact (box + 4·centre) / 13 differs by one
+  grey level at ~0.1 % of pixels, which a factor > 1 amplifies up to 3). Then clip and truncate to uint8.
   """
   x = tf.cast(image, tf.float32)
-  rows = x[:, :-2] + x[:, 1:-1] + x[:, 2:]
-  box = rows[:-2] + rows[1:-1] + rows[2:]
+  h, w = tf.shape(x)[0], tf.shape(x)[1]
+  edge, centre = tf.constant(1.0) / 13.0, tf.constant(5.0) / 13.0
+  acc = tf.zeros_like(x[1:-1, 1:-1])
+  for i in range(3):
+    for j in range(3):
+      acc = acc + x[i:h - 2 + i, j:w - 2 + j] * (centre if (i, j) == (1, 1) else edge)
+  smooth = tf.floor(tf.clip_by_value(acc, 0.0, 255.0))
   inner = x[1:-1, 1:-1]
-  smooth = tf.floor(tf.clip_by_value((box + 4.0 * inner) / 13.0, 0.0, 255.0))
   f = tf.cast(factor, tf.float32)
   mixed = tf.cast(tf.clip_by_value(smooth + f * (inner - smooth), 0.0, 255.0), tf.uint8)
   mid = tf.concat([image[1:-1, :1], mixed, image[1:-1, -1:]], axis=1)
@@ -265,15 +279,17 @@ def translate_y(image, pixels, fill=FILL_VALUE):
   return _transform(image, translate_y_matrix(pixels), fill_value=fill)
 
 
-def cutout(image, pad_size, fill=FILL_VALUE, seed=None):
+def cutout(image, pad_size, fill=FILL_VALUE, seed=None, centre=None):
   """Official cutout: rows [cy-pad, cy+pad) x cols [cx-pad, cx+pad) around a uniform pixel, clipped to the image,
   set to `fill` (scalar or per channel). The one cutout of the host pipeline: RandAugment / AutoAugment's op and
-  `effnet.data.pipeline`'s 'ft' augment."""
+  `effnet.data.pipeline`'s 'ft' augment. `centre` (cy, cx) replaces the random draw (tests pin it)."""
   shape = tf.shape(image)
   height, width = shape[0], shape[1]
-  s_y, s_x = tf.unstack(_split(_as_seed(seed), 2))
-  cy = tf.random.stateless_uniform([], s_y, 0, height, dtype=tf.int32)
-  cx = tf.random.stateless_uniform([], s_x, 0, width, dtype=tf.int32)
+  if centre is None:
+    s_y, s_x = tf.unstack(_split(_as_seed(seed), 2))
+    centre = (tf.random.stateless_uniform([], s_y, 0, height, dtype=tf.int32),
+              tf.random.stateless_uniform([], s_x, 0, width, dtype=tf.int32))
+  cy, cx = (tf.cast(v, tf.int32) for v in centre)
   pad = tf.cast(pad_size, tf.int32)
   rows = tf.range(height)[:, None]
   cols = tf.range(width)[None, :]
@@ -282,33 +298,46 @@ def cutout(image, pad_size, fill=FILL_VALUE, seed=None):
 
 
 # ----------------------------------------------------------------------------------------------
-# level -> argument (float magnitude allowed; int() of the official code = floor for levels >= 0)
-def _lvl(magnitude):
-  return tf.cast(magnitude, tf.float64) / MAX_LEVEL
+# level -> argument, in the official precision (policy.level_arguments)
+def level_args(magnitude, cutout_const=RANDAUGMENT_CUTOUT, translate_const=RANDAUGMENT_TRANSLATE) -> tf.Tensor:
+  """float32 [len(ARGUMENTS)] op arguments at `magnitude` (indexed by policy.ARG).
+
+  A Python / numpy number (what the pipeline passes) goes through `policy.level_arguments`: float64, then one
+  rounding to float32, as the official `level_to_arg`. A tensor is computed in tf.float64 with the same formulas;
+  it is exact only if it holds the float64 magnitude (a float32 magnitude has already lost it).
+  """
+  if not tf.is_tensor(magnitude):
+    return tf.constant(level_arguments(magnitude, cutout_const, translate_const))
+  level = tf.cast(magnitude, tf.float64) / MAX_LEVEL
+  degrees = tf.cast(level * LEVEL_SCALES['Rotate'], tf.float32)
+  rad = degrees * (math.pi / 180.0)
+  floor = lambda v: tf.floor(level * v)
+  values = {'degrees': degrees, 'cos': tf.cos(rad), 'sin': tf.sin(rad), 'shear': level * LEVEL_SCALES['ShearX'],
+            'translate': level * float(translate_const), 'enhance': level * ENHANCE_SCALE + ENHANCE_OFFSET,
+            'posterize': floor(LEVEL_SCALES['Posterize']), 'solarize': floor(LEVEL_SCALES['Solarize']),
+            'solarize_add': floor(LEVEL_SCALES['SolarizeAdd']), 'cutout': floor(float(cutout_const))}
+  return tf.stack([tf.cast(values[name], tf.float32) for name in ARGUMENTS])
 
 
-def _int_arg(magnitude, scale):
-  return tf.cast(tf.floor(_lvl(magnitude) * scale), tf.int32)
+def _int(args, name):
+  return tf.cast(args[ARG[name]], tf.int32)
 
 
-def enhance_factor(magnitude):
-  return tf.cast(_lvl(magnitude) * 1.8 + 0.1, tf.float32)
-
-
-def geometric_matrix(op, magnitude, seed, height, width, translate_const):
-  """[3,3] output->source matrix of layer op `op` (int tensor); identity for non-geometric ops.
+def geometric_matrix(op, args, sign, height, width):
+  """[3,3] output->source matrix of layer op `op` (int tensor) with arguments `args` and sign +-1; identity for
+  non-geometric ops.
 
   Plain arithmetic + selects (no nested tf.switch_case: inside tf.data every functional control-flow
   op costs ~0.1-1 ms per call, which dominated an earlier version).
   """
   op = tf.cast(op, tf.int32)
   is_op = lambda name: tf.equal(op, OP_INDEX[name])
-  # Same level-scale selects as randaugment_jax.geometric_matrices: TF here, jnp there (that module stays TF-free).
-  scale = tf.where(is_op('Rotate'), LEVEL_SCALES['Rotate'],
-                   tf.where(is_op('ShearX') | is_op('ShearY'), LEVEL_SCALES['ShearX'],
-                            tf.where(is_op('TranslateX') | is_op('TranslateY'),
-                                     float(translate_const), 0.0)))
-  v = tf.cast(_lvl(magnitude), tf.float32) * scale * _random_sign(seed)
+  # The argument of the op, signed (official `_randomly_negate_tensor`); randaugment_jax.geometric_matrices makes
+  # the same selects with jnp (that module stays TF-free).
+  arg = tf.where(is_op('Rotate'), args[ARG['degrees']],
+                 tf.where(is_op('ShearX') | is_op('ShearY'), args[ARG['shear']],
+                          tf.where(is_op('TranslateX') | is_op('TranslateY'), args[ARG['translate']], 0.0)))
+  v = arg * tf.cast(sign, tf.float32)
   rot = rotate_matrix(v, height, width)
   z = tf.constant(0.0)
   f = lambda name: tf.where(is_op(name), v, z)
@@ -316,27 +345,27 @@ def geometric_matrix(op, magnitude, seed, height, width, translate_const):
   return tf.where(is_op('Rotate'), rot, aff)
 
 
-def _apply_op(image, op, magnitude, seed, cutout_const, translate_const):
-  """Apply op number `op` (IDENTITY_OP = no-op)."""
-  m = magnitude
+def _apply_op(image, op, args, sign, centre):
+  """Apply op number `op` (IDENTITY_OP = no-op) with arguments `args`, sign `sign` and cutout centre `centre`."""
   shape = tf.shape(image)
   ident = lambda: image
+  enhance = args[ARG['enhance']]
 
   def geo():
-    return _transform(image, geometric_matrix(op, m, seed, shape[0], shape[1], translate_const))
+    return _transform(image, geometric_matrix(op, args, sign, shape[0], shape[1]))
 
   branches = {
       'AutoContrast': lambda: autocontrast(image),
       'Equalize': lambda: equalize(image),
       'Invert': lambda: invert(image),
-      'Posterize': lambda: posterize(image, _int_arg(m, LEVEL_SCALES['Posterize'])),
-      'Solarize': lambda: solarize(image, _int_arg(m, LEVEL_SCALES['Solarize'])),
-      'SolarizeAdd': lambda: solarize_add(image, _int_arg(m, LEVEL_SCALES['SolarizeAdd'])),
-      'Color': lambda: color(image, enhance_factor(m)),
-      'Contrast': lambda: contrast(image, enhance_factor(m)),
-      'Brightness': lambda: brightness(image, enhance_factor(m)),
-      'Sharpness': lambda: sharpness(image, enhance_factor(m)),
-      'Cutout': lambda: cutout(image, _int_arg(m, float(cutout_const)), seed=seed),
+      'Posterize': lambda: posterize(image, _int(args, 'posterize')),
+      'Solarize': lambda: solarize(image, _int(args, 'solarize')),
+      'SolarizeAdd': lambda: solarize_add(image, _int(args, 'solarize_add')),
+      'Color': lambda: color(image, enhance),
+      'Contrast': lambda: contrast(image, enhance),
+      'Brightness': lambda: brightness(image, enhance),
+      'Sharpness': lambda: sharpness(image, enhance),
+      'Cutout': lambda: cutout(image, _int(args, 'cutout'), centre=centre),
   }
   for name in GEOMETRIC_OPS:
     branches[name] = geo
@@ -347,26 +376,38 @@ def _apply_op(image, op, magnitude, seed, cutout_const, translate_const):
   return out
 
 
+def _draws(seed, image):
+  """The layer's random sign (official `_randomly_negate_tensor`) and cutout centre, from one seed."""
+  s_sign, s_y, s_x = tf.unstack(_split(seed, 3))
+  shape = tf.shape(image)
+  centre = (tf.random.stateless_uniform([], s_y, 0, shape[0], dtype=tf.int32),
+            tf.random.stateless_uniform([], s_x, 0, shape[1], dtype=tf.int32))
+  return _random_sign(s_sign), centre
+
+
 def apply_op(image, name: str, magnitude, seed=None, cutout_const=RANDAUGMENT_CUTOUT,
-             translate_const=RANDAUGMENT_TRANSLATE):
-  """Apply one named op at `magnitude` with the official level->argument mapping (and random sign)."""
+             translate_const=RANDAUGMENT_TRANSLATE, sign=None, centre=None):
+  """Apply one named op at `magnitude` with the official level->argument mapping. The random sign and cutout
+  centre come from `seed` unless given (`sign` +-1, `centre` (cy, cx): the tests pin them)."""
   if name not in OP_INDEX:
     raise ValueError(f'op name must be one of {RANDAUGMENT_OPS}, got {name!r}')
-  return _apply_op(tf.convert_to_tensor(image), OP_INDEX[name], magnitude, _as_seed(seed),
-                   cutout_const, translate_const)
+  image = tf.convert_to_tensor(image)
+  drawn_sign, drawn_centre = _draws(_as_seed(seed), image)
+  return _apply_op(image, OP_INDEX[name], level_args(magnitude, cutout_const, translate_const),
+                   drawn_sign if sign is None else sign, drawn_centre if centre is None else centre)
 
 
 # ----------------------------------------------------------------------------------------------
 # layer sampling
-def _randaugment_layers(num_layers, magnitude, seed):
+def _randaugment_layers(num_layers, args, seed):
   seeds = _split(seed, num_layers)
-  ops, mags, arg_seeds = [], [], []
+  ops, layer_args, arg_seeds = [], [], []
   for i in range(num_layers):
     s_op, s_arg = tf.unstack(_split(seeds[i], 2))
     ops.append(tf.random.stateless_uniform([], s_op, 0, len(RANDAUGMENT_OPS), dtype=tf.int32))
-    mags.append(tf.cast(magnitude, tf.float32))
+    layer_args.append(args)
     arg_seeds.append(s_arg)
-  return ops, mags, arg_seeds
+  return ops, layer_args, arg_seeds
 
 
 def _autoaugment_layers(policy, seed):
@@ -376,24 +417,26 @@ def _autoaugment_layers(policy, seed):
   n = len(table[0])
   op_t = tf.constant([[OP_INDEX[o] for o, _, _ in sub] for sub in table], tf.int32)
   prob_t = tf.constant([[p for _, p, _ in sub] for sub in table], tf.float32)
-  mag_t = tf.constant([[m for _, _, m in sub] for sub in table], tf.float32)
+  args_t = tf.constant([[level_arguments(m, AUTOAUGMENT_CUTOUT, AUTOAUGMENT_TRANSLATE) for _, _, m in sub]
+                        for sub in table])
   s_pick, s_layers = tf.unstack(_split(seed, 2))
   k = tf.random.stateless_uniform([], s_pick, 0, len(table), dtype=tf.int32)
   seeds = _split(s_layers, n)
-  ops, mags, arg_seeds = [], [], []
+  ops, layer_args, arg_seeds = [], [], []
   for i in range(n):
     s_prob, s_arg = tf.unstack(_split(seeds[i], 2))
     # official: apply iff floor(u + prob) == 1  <=>  u >= 1 - prob
     applied = tf.floor(_uniform(s_prob) + prob_t[k, i]) >= 1.0
     ops.append(tf.where(applied, op_t[k, i], IDENTITY_OP))
-    mags.append(mag_t[k, i])
+    layer_args.append(args_t[k, i])
     arg_seeds.append(s_arg)
-  return ops, mags, arg_seeds
+  return ops, layer_args, arg_seeds
 
 
-def _apply_layers(image, ops, mags, arg_seeds, cutout_const, translate_const):
-  for op, m, s in zip(ops, mags, arg_seeds):
-    image = _apply_op(image, op, m, s, cutout_const, translate_const)
+def _apply_layers(image, ops, layer_args, arg_seeds):
+  for op, args, s in zip(ops, layer_args, arg_seeds):
+    sign, centre = _draws(s, image)
+    image = _apply_op(image, op, args, sign, centre)
   return image
 
 
@@ -407,16 +450,16 @@ def _uint8_image(image):
 
 def randaugment(image, num_layers: int = 2, magnitude=10.0, seed=None, cutout_const=RANDAUGMENT_CUTOUT,
                 translate_const=RANDAUGMENT_TRANSLATE):
-  """RandAugment (v2 official): num_layers ops drawn uniformly from the 16, each always applied."""
+  """RandAugment (v2 official): num_layers ops drawn uniformly from the 16, each always applied. `magnitude`: a
+  Python float (exact official arithmetic, see `level_args`)."""
   if int(num_layers) < 0:
     raise ValueError(f'num_layers must be >= 0, got {num_layers}')
   image = _uint8_image(image)
-  ops, mags, seeds = _randaugment_layers(int(num_layers), magnitude, _as_seed(seed))
-  return _apply_layers(image, ops, mags, seeds, cutout_const, translate_const)
+  args = level_args(magnitude, cutout_const, translate_const)
+  return _apply_layers(image, *_randaugment_layers(int(num_layers), args, _as_seed(seed)))
 
 
 def autoaugment(image, policy: str = 'v0', seed=None):
   """AutoAugment: one of the policy's sub-policies uniformly; each op applied with its prob."""
   image = _uint8_image(image)
-  ops, mags, seeds = _autoaugment_layers(policy, _as_seed(seed))
-  return _apply_layers(image, ops, mags, seeds, AUTOAUGMENT_CUTOUT, AUTOAUGMENT_TRANSLATE)
+  return _apply_layers(image, *_autoaugment_layers(policy, _as_seed(seed)))

@@ -34,6 +34,7 @@ except (RuntimeError, ValueError):  # pragma: no cover - already initialised
   pass
 
 from effnet.data import AUGMENTS, EVAL_PREPROCESS, RESIZE_METHODS, TRAIN_PREPROCESS  # noqa: E402
+from effnet.data import bad_examples  # noqa: E402
 
 _V2_NO_CROP_SIZE = 320  # AML center_crop_v2: at S >= 320 the whole image is squashed to SxS
 
@@ -202,12 +203,142 @@ def _decoders(builder):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Undecodable examples (config.data.bad_examples; the accounting and the log lines are in effnet.data.bad_examples)
+#
+# Streams are batched before anything decodes: batch k holds positions [kB, (k+1)B) of the host's stream whether
+# or not an example in it is bad, so a resume, which skips raw positions, needs to know nothing of earlier
+# failures. Each raw batch decodes in a one-batch dataset whose map raises on an undecodable example; ignore_errors
+# and a row count turn that into "no batch", and only then does a second one-batch dataset decode its examples one
+# by one, drop the failures, report them (the raw batch still holds every record id; Python runs only here) and
+# refill their slots: train with a copy of the next example of the batch that decoded (the previous one for the
+# last), eval with mask 0 so that they count in no metric. The normal path runs no Python, and per batch only a
+# few small dataset ops more than a per-example map (measured: no slower on digits, README).
+# ----------------------------------------------------------------------------------------------------------------
+def _read_config(**kwargs):
+  """tfds ReadConfig with a record id per example ('<file>__<index in file>'; see effnet.data.bad_examples)."""
+  return tfds.ReadConfig(add_tfds_id=True, options=_options(), **kwargs)
+
+
+def _record_id(ex):
+  """The example's tfds record id; '' from readers that give none (tfds mock data)."""
+  return ex["tfds_id"] if "tfds_id" in ex else tf.constant("", tf.string)
+
+
+def _rows(batch):
+  return tf.shape(batch["id"] if "id" in batch else next(iter(batch.values())))[0]
+
+
+def _decode_batches(raw_batches, decode, batch_size, *, policy, split, role):
+  """Raw batches (dicts of [n, ...]: encoded 'image', 'label', 'id', 'index', train also 'epoch') -> decode(example)
+  of each row, each batch's undecodable examples handled per `policy` (see above). A batch decodes sequentially
+  in one map_fn (no per-example dataset overhead); batches decode in parallel, one per core (cycle_length
+  AUTOTUNE), so about `cores` batches are in flight."""
+  rows = {k: tf.TensorSpec(v.shape[1:], v.dtype) for k, v in raw_batches.element_spec.items()}
+  decode = tf.function(decode).get_concrete_function(rows)  # traced once, called by the paths below
+  spec = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), decode.structured_outputs)
+
+  def decode_all(raw):
+    return tf.map_fn(decode, raw, fn_output_signature=spec, parallel_iterations=1)
+
+  def one_batch(raw):
+    whole = tf.data.Dataset.from_tensors(raw).map(decode_all).ignore_errors()  # nothing if an example raised
+    retry = tf.data.Dataset.from_tensors(raw).flat_map(lambda r: _decoded_one_by_one(r, decode, batch_size))
+    return whole.concatenate(retry.map(lambda kept: _refill(raw, kept, decode, policy, split, role))).take(1)
+
+  return raw_batches.interleave(one_batch, cycle_length=tf.data.AUTOTUNE, block_length=1,
+                                num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _decoded_one_by_one(raw, decode, batch_size):
+  """One batch of the examples of `raw` that decode, with their 'slot' in `raw` (zero rows when none does)."""
+  examples = tf.data.Dataset.from_tensors(raw).unbatch().enumerate()
+  kept = examples.map(lambda slot, ex: dict(decode(ex), slot=slot)).ignore_errors(log_warning=True)
+  kept = kept.batch(batch_size)
+  none = {k: tf.zeros([0] + spec.shape[1:].as_list(), spec.dtype) for k, spec in kept.element_spec.items()}
+  return kept.concatenate(tf.data.Dataset.from_tensors(none)).take(1)
+
+
+def _refill(raw, kept, decode, policy, split, role):
+  """The batch of `raw` from its decoded examples `kept`: reports the others and fills their slots (see above)."""
+  rows, slots = _rows(raw), kept["slot"]
+  decoded = tf.scatter_nd(slots[:, None], tf.ones_like(slots, tf.int32), [rows])
+  missing = tf.where(tf.equal(decoded, 0))[:, 0]
+  epochs = tf.gather(raw["epoch"], missing) if "epoch" in raw else -tf.ones_like(missing)  # eval: one pass
+  message = _report(policy, split, role, epochs, tf.gather(raw["index"], missing), tf.gather(raw["id"], missing))
+  checks = [tf.debugging.Assert(tf.equal(message, ""), [message])]  # 'fail': stops here, naming the record
+  if role == "train":
+    with tf.control_dependencies(checks):
+      checks.append(_first_error_unless(tf.size(slots) > 0, raw, decode, split))
+  with tf.control_dependencies(checks):
+    count = tf.size(slots, tf.int64)
+    source = tf.searchsorted(slots, tf.range(tf.cast(rows, tf.int64)), side="left", out_type=tf.int64)
+    source = tf.maximum(tf.where(source < count, source, count - 1), 0)  # the next decoded one, else the last
+    out = {k: tf.gather(_with_zero_row(v), source) for k, v in kept.items() if k != "slot"}
+  if "mask" in out:
+    out["mask"] = out["mask"] * decoded
+  return out
+
+
+def _first_error_unless(any_decoded, raw, decode, split):
+  """When no example of a train batch decoded (a broken dataset or preprocessing, more likely than a batch of bad
+  files): the decoder's own error for the batch's first example, which names the cause."""
+  def first_error():
+    out = decode({k: v[0] for k, v in raw.items()})
+    return tf.less(tf.size(out["image"]), 0)  # False, and depends on the decode (else pruned)
+
+  decodes = tf.cond(any_decoded, lambda: tf.constant(True), first_error)
+  return tf.debugging.Assert(decodes, [f"no example of a whole batch of train split {split!r} decoded"])
+
+
+def _with_zero_row(values):
+  """values plus a row of zeros after them, which the refill of a batch with no decoded example gathers."""
+  return tf.concat([values, tf.zeros(tf.concat([[1], tf.shape(values)[1:]], 0), values.dtype)], 0)
+
+
+def _padded_to(batches, batch_size, num_batches):
+  """Eval batches padded to `batch_size` rows (mask 0) and followed by all-padding batches up to `num_batches`."""
+  def zeros(rows, spec):
+    return tf.zeros(tf.concat([[rows], tf.constant(spec.shape[1:].as_list(), tf.int32)], 0), spec.dtype)
+
+  def pad(batch):
+    missing = batch_size - _rows(batch)
+    return {k: tf.concat([v, zeros(missing, batches.element_spec[k])], 0) for k, v in batch.items()}
+
+  full = tf.data.Dataset.from_tensors({k: zeros(batch_size, spec) for k, spec in batches.element_spec.items()})
+  return batches.map(pad).concatenate(full.repeat()).take(num_batches)
+
+
+def _report(policy, split, role, epochs, indices, ids):
+  """bad_examples.report in Python; returns its message (non-empty for 'fail')."""
+  def call(epochs, indices, ids):
+    return bad_examples.report(policy, split, role, epochs.numpy().tolist(), indices.numpy().tolist(),
+                               ids.numpy().tolist())
+
+  message = tf.py_function(call, [epochs, indices, ids], tf.string)
+  message.set_shape([])
+  return message
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Image ops (single HWC image, TF)
 # ----------------------------------------------------------------------------------------------------------------
+_V1_RECIPES = ("inception_v1", "inception_v1_0875", "center_crop_v1", "center_crop_v1_0875")
+_FRACTION_0875 = ("inception_v1_0875", "center_crop_v1_0875")
+_FULL_DECODE = ("inception_v2", "center_crop_v2")  # AML decodes the whole JPEG, then crops
+IMAGE_DTYPES = ("uint8", "float32", "bfloat16")
+
+
 def _resolve_resize(resize_method, recipe):
   if resize_method is not None:
     return resize_method
-  return "bicubic" if recipe in ("inception_v1", "center_crop_v1") else "bilinear"
+  return "bicubic" if recipe in _V1_RECIPES else "bilinear"
+
+
+def _crop_while_decoding(crop_while_decoding, recipe):
+  """None -> the recipe's official order: TPU/AML-legacy crop inside the JPEG decode (decode_and_crop_jpeg); AML's
+  v2 code decodes the whole image and then crops, which differs by up to 2 levels near the crop's edges (chroma
+  upsampling sees the neighbouring pixels); docs/fidelity.md §3."""
+  return recipe not in _FULL_DECODE if crop_while_decoding is None else bool(crop_while_decoding)
 
 
 def resize(image, image_size, method):
@@ -222,34 +353,61 @@ def resize(image, image_size, method):
 
 
 def to_uint8(image):
+  """Nearest uint8 (effnet's compact eval/train output; the official code keeps the float, see `cast_output`)."""
   return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+
+
+def truncate_to_uint8(image):
+  """The official conversion before AutoAugment/RandAugment: clip to [0, 255], then cast (truncates)."""
+  return tf.cast(tf.clip_by_value(image, 0.0, 255.0), tf.uint8)
+
+
+def cast_output(image, dtype):
+  """Float resize output -> the pipeline's output dtype. 'float32' is the official output (unrounded, with the
+  bicubic over/undershoot beyond [0, 255]); 'bfloat16' is what TPU's v1 code feeds with use_bfloat16 (its
+  default); 'uint8' rounds and clips: 4x fewer host bytes, at most 0.5 level off inside [0, 255]."""
+  if dtype not in IMAGE_DTYPES:  # an argument of the preprocess functions, not (yet) a config field
+    raise ValueError(f"dtype={dtype!r}; allowed: {IMAGE_DTYPES}")
+  if dtype == "uint8":
+    return to_uint8(image)
+  return tf.cast(image, tf.float32 if dtype == "float32" else tf.bfloat16)
+
+
+def v1_crop_padding(image_size, recipe, crop_padding=32):
+  """The pixels the v1 center crop pads S by: `crop_padding` (TPU before Nov 2021, AML legacy: 32), or, for the
+  *_0875 recipes (TPU since Nov 2021, commit 22d5cab), round(S * (1/0.875 - 1)) in Python floats, about S/7."""
+  if recipe in _FRACTION_0875:
+    return round(image_size * (1 / 0.875 - 1))
+  return crop_padding
 
 
 def center_crop_window(height, width, image_size, recipe, crop_padding=32):
   """Crop window (y, x, h, w) of the eval recipes, as int32 tensors.
 
-  center_crop_v1 (official TPU): c = int(S/(S+pad) * min(h,w)), offset ((h-c+1)//2, (w-c+1)//2).
-  center_crop_v2 (official AML): S < 320: same c, offset ((h-c)//2, (w-c)//2); S >= 320: whole image.
+  center_crop_v1 (TPU before Nov 2021, AML legacy): c = int(S/(S+pad) * min(h,w)), offset ((h-c+1)//2, (w-c+1)//2).
+  center_crop_v1_0875 (TPU since Nov 2021): the same with pad = round(S/7) (`v1_crop_padding`).
+  center_crop_v2 (official AML): S < 320: the same c, offset ((h-c)//2, (w-c)//2); S >= 320: whole image.
   resize: whole image.
   """
   height = tf.cast(height, tf.int32)
   width = tf.cast(width, tf.int32)
   if recipe == "resize" or (recipe == "center_crop_v2" and image_size >= _V2_NO_CROP_SIZE):
     return tf.constant(0, tf.int32), tf.constant(0, tf.int32), height, width
-  ratio = image_size / (image_size + crop_padding)
+  pad = v1_crop_padding(image_size, recipe, crop_padding)
+  ratio = image_size / (image_size + pad)  # a Python float, made float32 by the product (as in the official code)
   c = tf.cast(ratio * tf.cast(tf.minimum(height, width), tf.float32), tf.int32)
-  rounding = 1 if recipe == "center_crop_v1" else 0
+  rounding = 0 if recipe == "center_crop_v2" else 1
   return (height - c + rounding) // 2, (width - c + rounding) // 2, c, c
 
 
-def _random_crop_window(height, width, image_size, recipe, crop_padding, seed):
-  """Inception-style random window; inception_v1 falls back to the v1 center crop when the sample is the image."""
+def _sample_window(height, width, recipe, seed):
+  """Inception-style random window (y, x, h, w) drawn with a stateless seed; 'resize' -> the whole image."""
   height = tf.cast(height, tf.int32)
   width = tf.cast(width, tf.int32)
   if recipe == "resize":
     return tf.constant(0, tf.int32), tf.constant(0, tf.int32), height, width
   bbox = tf.constant([[[0.0, 0.0, 1.0, 1.0]]], tf.float32)
-  if recipe == "inception_v1":
+  if recipe in _V1_RECIPES:
     kwargs = dict(min_object_covered=0.1, aspect_ratio_range=(3.0 / 4.0, 4.0 / 3.0), area_range=(0.08, 1.0),
                   max_attempts=10)
   else:  # inception_v2 (AML): TF's default aspect range and attempts
@@ -257,12 +415,22 @@ def _random_crop_window(height, width, image_size, recipe, crop_padding, seed):
                   max_attempts=100)
   begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
       tf.stack([height, width, 3]), bbox, seed=seed, use_image_if_no_bounding_boxes=True, **kwargs)
-  y, x, h, w = begin[0], begin[1], size[0], size[1]
-  if recipe == "inception_v1":
-    whole = tf.logical_and(tf.equal(h, height), tf.equal(w, width))
-    cy, cx, ch, cw = center_crop_window(height, width, image_size, "center_crop_v1", crop_padding)
-    y, x, h, w = (tf.where(whole, a, b) for a, b in zip((cy, cx, ch, cw), (y, x, h, w)))
-  return y, x, h, w
+  return begin[0], begin[1], size[0], size[1]
+
+
+def _train_window(window, height, width, channels, image_size, recipe, crop_padding):
+  """The v1 recipes replace a window covering the whole image by their eval center crop, as TPU's
+  `_decode_and_random_crop` does: it compares all 3 of (h, w, channels) of the JPEG header with the decoded crop
+  (3 channels), so a grayscale or CMYK JPEG never falls back and is resized whole."""
+  y, x, h, w = (tf.cast(v, tf.int32) for v in window)
+  if recipe not in ("inception_v1", "inception_v1_0875"):
+    return y, x, h, w
+  height, width = tf.cast(height, tf.int32), tf.cast(width, tf.int32)
+  whole = tf.logical_and(tf.equal(h, height), tf.equal(w, width))
+  whole = tf.logical_and(whole, tf.equal(tf.cast(channels, tf.int32), 3))
+  eval_recipe = "center_crop_v1_0875" if recipe == "inception_v1_0875" else "center_crop_v1"
+  cy, cx, ch, cw = center_crop_window(height, width, image_size, eval_recipe, crop_padding)
+  return tuple(tf.where(whole, a, b) for a, b in zip((cy, cx, ch, cw), (y, x, h, w)))
 
 
 def _to_rgb(image):
@@ -275,16 +443,20 @@ def _to_rgb(image):
   return image
 
 
-def decode_and_crop(image, window_fn):
-  """Encoded bytes (JPEG: decode_and_crop_jpeg; other formats: decode then crop) or a decoded array -> uint8 crop.
+def decode_and_crop(image, window_fn, crop_while_decoding=True):
+  """Encoded bytes or a decoded array -> uint8 RGB crop.
 
-  window_fn(height, width) -> (y, x, h, w).
+  window_fn(height, width, channels) -> (y, x, h, w); channels is the JPEG header's (1 grayscale, 3, 4 CMYK), else 3.
+  JPEG with crop_while_decoding: decode_and_crop_jpeg (decodes only the window's rows; TPU's order); without it, a
+  full decode then the crop (AML v2's order). Other formats: decode, then crop.
   """
   if image.dtype == tf.string:
     def jpeg():
       shape = tf.image.extract_jpeg_shape(image)
-      y, x, h, w = window_fn(shape[0], shape[1])
-      return tf.image.decode_and_crop_jpeg(image, tf.stack([y, x, h, w]), channels=3)
+      y, x, h, w = window_fn(shape[0], shape[1], shape[2])
+      if crop_while_decoding:
+        return tf.image.decode_and_crop_jpeg(image, tf.stack([y, x, h, w]), channels=3)
+      return tf.io.decode_jpeg(image, channels=3)[y:y + h, x:x + w, :]
 
     def other():
       decoded = tf.io.decode_image(image, channels=3, expand_animations=False)
@@ -301,33 +473,62 @@ def decode_and_crop(image, window_fn):
 
 def _crop_array(image, window_fn):
   shape = tf.shape(image)
-  y, x, h, w = window_fn(shape[0], shape[1])
+  y, x, h, w = window_fn(shape[0], shape[1], 3)
   return image[y:y + h, x:x + w, :]
 
 
-def preprocess_eval_image(image, image_size, recipe="center_crop_v1", crop_padding=32, resize_method=None):
-  """Encoded bytes or HWC array -> uint8 [S,S,3] per the eval recipe."""
+def preprocess_eval_image(image, image_size, recipe="center_crop_v1", crop_padding=32, resize_method=None,
+                          dtype="uint8", crop_while_decoding=None):
+  """Encoded bytes or HWC array -> [S,S,3] `dtype` per the eval recipe (docs/fidelity.md §3).
+
+  dtype 'float32' (or 'bfloat16') is the official output; 'uint8' its rounded, clipped copy (`cast_output`).
+  crop_while_decoding None: the recipe's official decode order (`_crop_while_decoding`).
+  """
   _check_choice("eval_preprocess", recipe, EVAL_PREPROCESS)
   method = _resolve_resize(resize_method, recipe)
-  crop = decode_and_crop(image, lambda h, w: center_crop_window(h, w, image_size, recipe, crop_padding))
-  out = to_uint8(resize(crop, image_size, method))
+  crop = decode_and_crop(image, lambda h, w, c: center_crop_window(h, w, image_size, recipe, crop_padding),
+                         _crop_while_decoding(crop_while_decoding, recipe))
+  out = cast_output(resize(crop, image_size, method), dtype)
   out.set_shape([image_size, image_size, 3])
   return out
 
 
+def crop_and_resize(image, image_size, recipe, window_sampler, crop_padding=32, resize_method=None,
+                    crop_while_decoding=None):
+  """The train crop before flip and augmentation: float32 [S,S,3].
+
+  window_sampler(height, width) -> (y, x, h, w), the sampled window; the v1 recipes then apply the official
+  whole-image fallback (`_train_window`). Public so the official outputs can be checked with their window pinned.
+  """
+  _check_choice("train_preprocess", recipe, TRAIN_PREPROCESS)
+
+  def window_fn(h, w, c):
+    return _train_window(window_sampler(h, w), h, w, c, image_size, recipe, crop_padding)
+
+  crop = decode_and_crop(image, window_fn, _crop_while_decoding(crop_while_decoding, recipe))
+  return resize(crop, image_size, _resolve_resize(resize_method, recipe))
+
+
 def preprocess_train_image(image, image_size, seed, recipe="inception_v1", crop_padding=32, resize_method=None,
-                           flip=True, augment="none", randaug_num_layers=2, randaug_magnitude=10.0):
-  """Encoded bytes or HWC array -> uint8 [S,S,3]: random crop, resize, flip, augmentation. `seed`: int [2]."""
+                           flip=True, augment="none", randaug_num_layers=2, randaug_magnitude=10.0,
+                           dtype="uint8", crop_while_decoding=None):
+  """Encoded bytes or HWC array -> [S,S,3] `dtype`: random crop, resize, flip, augmentation. `seed`: int [2].
+
+  With an augmentation the image becomes uint8 as the official code makes it (clip, truncate) before the ops;
+  without one, `cast_output` (uint8 rounds; 'float32' is the official output).
+  """
   _check_choice("train_preprocess", recipe, TRAIN_PREPROCESS)
   _check_choice("augment", augment, AUGMENTS)
-  method = _resolve_resize(resize_method, recipe)
   seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=3)
-  crop = decode_and_crop(
-      image, lambda h, w: _random_crop_window(h, w, image_size, recipe, crop_padding, seeds[0]))
-  out = to_uint8(resize(crop, image_size, method))
+  out = crop_and_resize(image, image_size, recipe, lambda h, w: _sample_window(h, w, recipe, seeds[0]),
+                        crop_padding, resize_method, crop_while_decoding)
   if flip:
     out = tf.image.stateless_random_flip_left_right(out, seeds[1])
-  out = apply_augment(out, augment, randaug_num_layers, randaug_magnitude, seeds[2])
+  if augment == "none":
+    out = cast_output(out, dtype)
+  else:
+    out = apply_augment(truncate_to_uint8(out), augment, randaug_num_layers, randaug_magnitude, seeds[2])
+    out = cast_output(tf.cast(out, tf.float32), dtype) if dtype != "uint8" else out
   out.set_shape([image_size, image_size, 3])
   return out
 
@@ -371,7 +572,10 @@ def create_train_dataset(data_cfg, *, global_batch_size, image_size=None, proces
   epoch). num_epochs=None repeats forever; otherwise the stream ends after `num_epochs` epochs (partial last batch
   dropped). Every host yields the same number of batches per epoch (the split's remainder is dropped).
   `skip_examples` drops that many of this host's examples at the start of `start_epoch` before any decoding, so a
-  run resumed mid-epoch continues the exact example stream (and per-example augmentation seeds) it left.
+  run resumed mid-epoch continues the exact example stream (and per-example augmentation seeds) it left. An example
+  that does not decode stops the stream (data.bad_examples='fail') or is dropped, its slot in the batch taken by a
+  copy of another example of that batch ('skip'), so every batch holds the same records as in an uninterrupted run
+  (see _decode_batches).
   """
   process_index, process_count, batch, builder, image_key, label_key = _host_reading(
       data_cfg, global_batch_size, "train.batch_size", process_index, process_count, builder)
@@ -387,11 +591,10 @@ def create_train_dataset(data_cfg, *, global_batch_size, image_size=None, proces
   split = tfds.split_for_jax_process(data_cfg.train_split, process_index=process_index,
                                      process_count=process_count, drop_remainder=True)
   host_seed = tf.constant([seed, process_index], tf.int64)
-  read_config = tfds.ReadConfig(shuffle_seed=int(seed) * 1000003 + process_index,
-                                shuffle_reshuffle_each_iteration=True, options=_options())
+  read_config = _read_config(shuffle_seed=int(seed) * 1000003 + process_index, shuffle_reshuffle_each_iteration=True)
   base = builder.as_dataset(split=split, shuffle_files=bool(shuffle and data_cfg.shuffle_files),
                             decoders=_decoders(builder), read_config=read_config)
-  base = base.map(lambda ex: {"image": ex[image_key], "label": ex[label_key]})
+  base = base.map(lambda ex: {"image": ex[image_key], "label": ex[label_key], "id": _record_id(ex)})
   if data_cfg.cache:
     base = base.cache()
   buffer = int(data_cfg.shuffle_buffer)
@@ -403,7 +606,8 @@ def create_train_dataset(data_cfg, *, global_batch_size, image_size=None, proces
       # fold_in returns [f(seed), data]: draw a full-range int64 from the whole pair for the shuffle seed
       shuffle_seed = tf.random.stateless_uniform([], seed=epoch_seed, minval=None, maxval=None, dtype=tf.int64)
       ds = ds.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
-    return ds.enumerate().map(lambda i, ex: (tf.random.experimental.stateless_fold_in(epoch_seed, i), ex))
+    return ds.enumerate().map(
+        lambda i, ex: dict(ex, seed=tf.random.experimental.stateless_fold_in(epoch_seed, i), epoch=epoch, index=i))
 
   last = start_epoch + num_epochs if num_epochs is not None else np.iinfo(np.int64).max
   ds = tf.data.Dataset.range(start_epoch, last).flat_map(epoch_dataset)
@@ -417,8 +621,9 @@ def create_train_dataset(data_cfg, *, global_batch_size, image_size=None, proces
         randaug_magnitude=magnitude)
     return {"image": image, "label": tf.cast(ex["label"], tf.int32)}
 
-  ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.batch(batch, drop_remainder=True)
+  ds = ds.batch(batch, drop_remainder=True)  # before decoding: see _decode_batches
+  ds = _decode_batches(ds, lambda ex: preprocess(ex["seed"], ex), batch, policy=data_cfg.bad_examples,
+                       split=data_cfg.train_split, role="train")
   ds = ds.prefetch(_prefetch(data_cfg))
   return ds.with_options(_options())
 
@@ -450,7 +655,7 @@ def create_eval_dataset(data_cfg, *, global_batch_size, image_size=None, process
 
   def read(s):
     return builder.as_dataset(split=s, shuffle_files=False, decoders=decoders,
-                              read_config=tfds.ReadConfig(options=_options()))
+                              read_config=_read_config())
 
   counts = [_split_num_examples(builder, s) for s in host_splits]
   if any(c is None for c in counts):  # e.g. tfds mock data: no split info -> count
@@ -462,12 +667,11 @@ def create_eval_dataset(data_cfg, *, global_batch_size, image_size=None, process
     image = preprocess_eval_image(ex[image_key], image_size, recipe, crop_padding, resize_method)
     return {"image": image, "label": tf.cast(ex[label_key], tf.int32), "mask": tf.constant(1, tf.int32)}
 
-  ds = read(host_splits[process_index]).map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
-  pad = tf.data.Dataset.from_tensors({
-      "image": tf.zeros([image_size, image_size, 3], tf.uint8),
-      "label": tf.constant(0, tf.int32),
-      "mask": tf.constant(0, tf.int32)}).repeat()
-  ds = ds.concatenate(pad).take(num_batches * batch).batch(batch, drop_remainder=True)
+  raw = read(host_splits[process_index]).enumerate().map(
+      lambda i, ex: {image_key: ex[image_key], label_key: ex[label_key], "id": _record_id(ex), "index": i})
+  bad_examples.reset("eval", split)  # each pass of this dataset drops the same examples: count them once
+  ds = _decode_batches(raw.batch(batch), preprocess, batch, policy=data_cfg.bad_examples, split=split, role="eval")
+  ds = _padded_to(ds, batch, num_batches)
   if data_cfg.cache:
     ds = ds.cache()
   ds = ds.prefetch(_prefetch(data_cfg)).with_options(_options())

@@ -3,8 +3,8 @@
 Why this module exists: the official host RandAugment (TF, one image at a time) runs at ~100 img/s
 per CPU core at 300 px, so a fast accelerator needs far more host cores than a machine has. With
 `data.randaug_on_device=True` the host only decodes / crops / resizes / flips (~800 img/s/core) and
-this module applies RandAugment to the uint8 batch inside the jitted train step. The magnitude is a
-traced scalar, so progressive learning changes it per stage without recompiling.
+this module applies RandAugment to the uint8 batch inside the jitted train step. The magnitude's
+arguments are a traced vector, so progressive learning changes them per stage without recompiling.
 
 Semantics are those of the host ops in `effnet.data.augment` (which follow the official
 `autoaugment.py` of google/automl efficientnetv2, quirks included):
@@ -30,24 +30,23 @@ Batched design (one pass per layer, every sample in the batch at once, static sh
      step rule; it is computed for at most `EQUALIZE_CAPACITY(B)` samples (the ones that drew
      Equalize, gathered to the front), with an exact full-batch fallback under lax.cond when more
      samples drew it than that capacity (probability < 1e-6 per layer for B=128).
-  3. Color (grey via tf.image.rgb_to_grayscale's float formula), Sharpness (PIL SMOOTH kernel
-     [[1,1,1],[1,5,1],[1,1,1]]/13 as box sum + 4*centre, truncated, 1-px border kept) and Cutout
-     (per-sample box mask) are elementwise / 3x3 stencils, computed for the batch and selected
-     with jnp.where.
+  3. Color (grey via tf.image.rgb_to_grayscale's float formula), Sharpness (the official float32
+     depthwise conv with [[1,1,1],[1,5,1],[1,1,1]]/13, summed tap by tap as TF's Eigen kernel does,
+     truncated, 1-px border kept) and Cutout (per-sample box mask) are elementwise / 3x3 stencils,
+     computed for the batch and selected with jnp.where.
+
+Magnitude -> arguments (`magnitude_args`): the official code computes them in Python float64 and
+rounds once to float32; a concrete magnitude or the `policy.level_arguments` vector (what the train
+step passes, traced, so stages do not recompile) gives exactly those values, cos / sin of Rotate
+included. A traced float32 scalar is also accepted: its arguments are computed in float32 on device
+and can be 1 ulp away (an integer argument 1 away: SolarizeAdd at M=23 gives +253 for +252), enough
+to flip nearest-pixel ties and blend truncations. Outputs equal the official ones bit for bit on the
+golden set (tests/test_official_augment.py, docs/fidelity.md §3).
 
 Deviations from the host version (documented, tested where it matters):
   * random draws come from jax.random, so a given seed does not reproduce the host's draws.
-  * the enhance factor is computed in float32 as (18*m + 10)/100 instead of float64 then cast: bit
-    identical whenever 18*m + 10 is exact in float32 (every integer or half-integer magnitude);
-    for other magnitudes (e.g. 8.333) it may differ by 1 ulp, which can move a blended pixel by
-    one grey level where a + f*(b - a) lands on an integer.
-  * integer arguments use float32 floor(m*scale/10); the host's float64 arithmetic rounds
-    2.3*110 down to 252 (SolarizeAdd at M=23: host +252, here +253). No difference for
-    magnitudes 0, 0.1, ..., 30 otherwise.
-  * bit-exactness vs the host relies on keeping XLA from fusing products into FMAs (`_mul`) and
-    from turning divisions by constants into reciprocal multiplies (`_const`); rotate's cos/sin
-    are XLA's float32 ones (identical to TF's in the tests at M=3/7/10, 64 px; a 1-ulp difference
-    could move a nearest-pixel .5 tie).
+  * bit-exactness relies on keeping XLA from fusing products into FMAs (`_mul`) and from turning
+    divisions by constants into reciprocal multiplies (`_div`).
   * Color / Sharpness / Equalize run on at most EQUALIZE_CAPACITY(B) samples per layer (exact
     full-batch fallback when more drew them), so their cost is ~1/16 of the batch, not all of it.
 """
@@ -60,8 +59,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from effnet.data.mix import box_masks
-from effnet.data.policy import (FILL_VALUE, GEOMETRIC_OPS, LEVEL_SCALES, MAX_LEVEL, OP_INDEX,  # noqa: F401
-                                RANDAUGMENT_CUTOUT, RANDAUGMENT_OPS, RANDAUGMENT_TRANSLATE)
+from effnet.data.policy import (ARG, ARGUMENTS, ENHANCE_OFFSET, ENHANCE_SCALE, FILL_VALUE,  # noqa: F401
+                                GEOMETRIC_OPS, LEVEL_SCALES, MAX_LEVEL, OP_INDEX, RANDAUGMENT_CUTOUT,
+                                RANDAUGMENT_OPS, RANDAUGMENT_TRANSLATE, level_arguments)
 
 NUM_OPS = len(RANDAUGMENT_OPS)
 
@@ -100,19 +100,37 @@ def _div(x, c):
   return x / jax.lax.optimization_barrier(divisor)
 
 
-def _level(magnitude):
-  return _div(magnitude, MAX_LEVEL)
+def _traced_arguments(magnitude, cutout_const, translate_const):
+  """The level arguments of a traced float32 magnitude, in float32: the official float64 values can be 1 ulp away
+  (docs/fidelity.md §3), so the train step passes `magnitude_args` vectors instead."""
+  level = _div(magnitude, MAX_LEVEL)
+  degrees = level * LEVEL_SCALES['Rotate']
+  rad = degrees * np.float32(math.pi / 180.0)
+  floor = lambda scale: jnp.floor(_div(jnp.asarray(magnitude, jnp.float32) * scale, MAX_LEVEL))  # exact m * scale
+  values = {'degrees': degrees, 'cos': jnp.cos(rad), 'sin': jnp.sin(rad), 'shear': level * LEVEL_SCALES['ShearX'],
+            'translate': level * float(translate_const),
+            # 1.8 * level + 0.1 as (18 m + 10) / 100: one rounding when the numerator is exact (m a multiple of 1/64)
+            'enhance': _div(jnp.asarray(magnitude, jnp.float32) * 18.0 + 10.0, 100.0),
+            'posterize': floor(LEVEL_SCALES['Posterize']), 'solarize': floor(LEVEL_SCALES['Solarize']),
+            'solarize_add': floor(LEVEL_SCALES['SolarizeAdd']), 'cutout': floor(float(cutout_const))}
+  return jnp.stack([jnp.asarray(values[name], jnp.float32) for name in ARGUMENTS])
 
 
-def _int_arg(magnitude, scale: float):
-  m = jnp.asarray(magnitude, jnp.float32)
-  return jnp.floor(_div(m * scale, MAX_LEVEL)).astype(jnp.int32)
-
-
-def enhance_factor(magnitude):
-  """1.8*level + 0.1 (see module docstring for the float32 formulation)."""
-  m = jnp.asarray(magnitude, jnp.float32)
-  return _div(m * 18.0 + 10.0, 100.0)
+def magnitude_args(magnitude, cutout_const=RANDAUGMENT_CUTOUT, translate_const=RANDAUGMENT_TRANSLATE):
+  """float32 [len(ARGUMENTS)] op arguments (indexed by policy.ARG) for `magnitude`, which may be:
+  a Python / numpy number -> `policy.level_arguments` (float64 then float32, the official precision: exact);
+  an argument vector of that shape (e.g. `policy.level_arguments(m)` passed as a traced value) -> used as is;
+  a traced scalar -> float32 arithmetic on device (`_traced_arguments`, can be 1 ulp off)."""
+  if jnp.ndim(magnitude) == 1:
+    if jnp.shape(magnitude) != (len(ARGUMENTS),):
+      raise ValueError(f'magnitude must be a scalar or a [{len(ARGUMENTS)}] level_arguments vector, got shape '
+                       f'{jnp.shape(magnitude)}')
+    return jnp.asarray(magnitude, jnp.float32)
+  try:
+    value = float(magnitude)
+  except (TypeError, jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+    return _traced_arguments(magnitude, cutout_const, translate_const)
+  return jnp.asarray(level_arguments(value, cutout_const, translate_const))
 
 
 def _mul(f, n):
@@ -153,20 +171,23 @@ def layer_params(rng, batch: int, height: int, width: int):
 
 # ----------------------------------------------------------------------------------------------
 # geometric ops: per-sample affine matrix + one nearest gather
-def geometric_matrices(op, magnitude, sign, height: int, width: int, translate_const=RANDAUGMENT_TRANSLATE):
-  """[B, 2, 3] output (x=col, y=row) -> source affine rows; identity for non-geometric ops."""
+def geometric_matrices(op, args, sign, height: int, width: int):
+  """[B, 2, 3] output (x=col, y=row) -> source affine rows; identity for non-geometric ops.
+
+  Rotate as the official tfa/contrib `angles_to_projective_transforms` in float32, each product and sum rounded in
+  its order: x_offset = ((w-1) − (cos·(w-1) − sin·(h-1))) / 2, y_offset = ((h-1) − (sin·(w-1) + cos·(h-1))) / 2.
+  """
   is_op = lambda name: op == OP_INDEX[name]
-  # Same level-scale selects as augment.geometric_matrix: jnp here, TF there (this module stays TF-free).
-  scale = jnp.where(is_op('Rotate'), LEVEL_SCALES['Rotate'],
-                    jnp.where(is_op('ShearX') | is_op('ShearY'), LEVEL_SCALES['ShearX'],
-                              jnp.where(is_op('TranslateX') | is_op('TranslateY'),
-                                        float(translate_const), 0.0)))
-  v = _level(magnitude) * scale * sign
-  rad = v * np.float32(math.pi / 180.0)
-  c, s = jnp.cos(rad), jnp.sin(rad)
+  # The signed argument of the op; augment.geometric_matrix makes the same selects with TF (this module is TF-free).
+  arg = jnp.where(is_op('Rotate'), args[ARG['degrees']],
+                  jnp.where(is_op('ShearX') | is_op('ShearY'), args[ARG['shear']],
+                            jnp.where(is_op('TranslateX') | is_op('TranslateY'), args[ARG['translate']], 0.0)))
+  v = arg * sign
+  c = jnp.broadcast_to(args[ARG['cos']], v.shape)
+  s = args[ARG['sin']] * sign  # sin is odd and cos even in TF's float32 kernels too
   w1, h1 = float(width - 1), float(height - 1)
-  xo = (w1 - (_mul(c, w1) - _mul(s, h1))) / 2.0
-  yo = (h1 - (_mul(s, w1) + _mul(c, h1))) / 2.0
+  xo = _div(w1 - (_mul(c, w1) - _mul(s, h1)), 2.0)
+  yo = _div(h1 - (_mul(s, w1) + _mul(c, h1)), 2.0)
   rot = jnp.stack([c, -s, xo, s, c, yo], axis=-1)
   z, o = jnp.zeros_like(v), jnp.ones_like(v)
   f = lambda name: jnp.where(is_op(name), v, z)
@@ -227,12 +248,13 @@ def _equalize_luts_batch(images, is_eq):
   return jnp.where(is_eq[:, None, None], luts, ident)
 
 
-def pointwise_luts(images, op, magnitude):
+def pointwise_luts(images, op, args):
   """[B, C, 256] int32 LUT per sample: the sample's pointwise op, identity for other ops."""
   b, h, w, ch = images.shape
   v = jnp.arange(256, dtype=jnp.int32)
   vf = v.astype(jnp.float32)
-  factor = enhance_factor(magnitude)
+  factor = args[ARG['enhance']]
+  arg_int = lambda name: args[ARG[name]].astype(jnp.int32)
 
   # AutoContrast (PIL cutoff=0, per channel; a flat channel is kept)
   lo = jnp.min(images, axis=(1, 2)).astype(jnp.float32)[..., None]  # [B,C,1]
@@ -241,12 +263,12 @@ def pointwise_luts(images, op, magnitude):
   auto = jnp.floor(jnp.clip(_mul(sc, vf) + (-_mul(sc, lo)), 0.0, 255.0)).astype(jnp.int32)
   auto = jnp.where(hi > lo, auto, v)
 
-  bits = _int_arg(magnitude, LEVEL_SCALES['Posterize'])
+  bits = arg_int('posterize')
   shift = jnp.minimum(jnp.mod(8 - bits, 256), 7)
   post = v & ((255 << shift) & 255)
-  thr = jnp.mod(_int_arg(magnitude, LEVEL_SCALES['Solarize']), 256)
+  thr = jnp.mod(arg_int('solarize'), 256)
   sol = jnp.where(v < thr, v, 255 - v)
-  add = _int_arg(magnitude, LEVEL_SCALES['SolarizeAdd'])
+  add = arg_int('solarize_add')
   sol_add = jnp.where(v < 128, jnp.clip(v + add, 0, 255), v)
   bright = _blend(0.0, vf, factor).astype(jnp.int32)
   mean = float(np.floor(np.clip(h * w / 256.0, 0.0, 255.0)))
@@ -298,13 +320,21 @@ def color(images, factor):
 
 
 def sharpness(images, factor):
-  """PIL Sharpness: blend(SMOOTH(x), x, f) on the interior; the 1-px border is the original."""
+  """PIL Sharpness: blend(SMOOTH(x), x, f) on the interior; the 1-px border is the original.
+
+  SMOOTH as the official float32 depthwise conv on TF's Eigen CPU kernel: the nine products x · fl(k/13) summed
+  tap by tap in row-major order, each rounded (`_mul` keeps XLA from contracting them into FMAs).
+  """
   x = images.astype(jnp.float32)
-  rows = x[:, :, :-2] + x[:, :, 1:-1] + x[:, :, 2:]
-  box = rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]
-  inner = x[:, 1:-1, 1:-1]
-  smooth = jnp.floor(jnp.clip(_div(box + 4.0 * inner, 13.0), 0.0, 255.0))
-  mixed = _blend(smooth, inner, factor)
+  _, h, w, _ = x.shape
+  edge, centre = np.float32(1.0) / np.float32(13.0), np.float32(5.0) / np.float32(13.0)
+  acc = None
+  for i in range(3):
+    for j in range(3):
+      term = _mul(centre if (i, j) == (1, 1) else edge, x[:, i:h - 2 + i, j:w - 2 + j])
+      acc = term if acc is None else acc + term
+  smooth = jnp.floor(jnp.clip(acc, 0.0, 255.0))
+  mixed = _blend(smooth, x[:, 1:-1, 1:-1], factor)
   return x.at[:, 1:-1, 1:-1].set(mixed)
 
 
@@ -319,28 +349,30 @@ def apply_layer(images, op, magnitude, sign, cy, cx, cutout_const=RANDAUGMENT_CU
                 translate_const=RANDAUGMENT_TRANSLATE):
   """Apply per-sample op `op` [B] (int; outside [0,16) = identity) with explicit random draws.
 
-  images uint8 [B,H,W,3]; sign [B] +-1 for the geometric ops; cy, cx [B] cutout centres.
+  images uint8 [B,H,W,3]; magnitude: see `magnitude_args`; sign [B] +-1 for the geometric ops; cy, cx [B] cutout
+  centres.
   """
   images = jnp.asarray(images)
   b, h, w, _ = images.shape
   op = jnp.asarray(op, jnp.int32)
   sign = jnp.asarray(sign, jnp.float32)
+  args = magnitude_args(magnitude, cutout_const, translate_const)
   # Every sample runs exactly one op, so the non-geometric ops read the layer's input directly;
   # the warp (the only gather over pixels) then has a single consumer and is not re-fused into
   # the stencils / LUT statistics.
   x = images
-  out = apply_luts(x, pointwise_luts(x, op, magnitude))
-  factor = enhance_factor(magnitude)
+  out = apply_luts(x, pointwise_luts(x, op, args))
+  factor = args[ARG['enhance']]
   sel = lambda name: (op == OP_INDEX[name])[:, None, None, None]
   for name, fn in (('Color', color), ('Sharpness', sharpness)):
     mask = op == OP_INDEX[name]
     done = _on_subset(lambda y: fn(y, factor).astype(jnp.uint8), x, mask)
     out = jnp.where(mask[:, None, None, None], done, out)
-  pad = _int_arg(magnitude, float(cutout_const))
+  pad = args[ARG['cutout']].astype(jnp.int32)
   box = cutout_masks(jnp.asarray(cy, jnp.int32), jnp.asarray(cx, jnp.int32), pad, h, w)
   out = jnp.where(sel('Cutout') & box[..., None], jnp.uint8(FILL_VALUE), out)
   geo = jnp.isin(op, jnp.asarray([OP_INDEX[n] for n in GEOMETRIC_OPS], jnp.int32))
-  warped = warp_nearest(x, geometric_matrices(op, magnitude, sign, h, w, translate_const))
+  warped = warp_nearest(x, geometric_matrices(op, args, sign, h, w))
   return jnp.where(geo[:, None, None, None], warped, out)
 
 
@@ -372,7 +404,8 @@ def randaugment(rng, images, num_layers: int = 2, magnitude=10.0, cutout_const=R
                 translate_const=RANDAUGMENT_TRANSLATE):
   """RandAugment on a uint8 batch [B,H,W,3]: each layer draws an op per sample. jit-friendly.
 
-  magnitude may be a traced float scalar. num_layers is static (a Python int >= 0).
+  magnitude: a number, a (traced) `policy.level_arguments` vector, or a traced scalar (see `magnitude_args`).
+  num_layers is static (a Python int >= 0).
   """
   if int(num_layers) != num_layers or num_layers < 0:
     raise ValueError(f'num_layers must be an int >= 0, got {num_layers!r}')

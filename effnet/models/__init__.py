@@ -17,21 +17,42 @@ from effnet.models import arch
 from effnet.models.arch import BlockSpec, Block
 from effnet.models.efficientnet import EfficientNet, block_groups, group_name
 from effnet.models.layers import DEPTHWISE_IMPLS  # noqa: F401  (config_lib.validate's allowed model.depthwise_impl)
+from effnet.models import layers
 
 FAMILIES = ('v1', 'v2')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+ACTIVATIONS = tuple(layers.ACTIVATIONS)
+PADDINGS = layers.PADDINGS
 V1_VARIANTS = tuple(arch.V1_TABLE)
+LITE_VARIANTS = tuple(arch.LITE_TABLE)
+EDGETPU_VARIANTS = tuple(arch.EDGETPU_TABLE)
 V2_VARIANTS = tuple(arch.V2_TABLE)
+# The model options of the B0..L2 / V2 networks; Lite and EdgeTPU change them (`_v1_edge_settings`).
+_SWISH_SE = dict(activation='silu', se_ratio=None, stem_filters=None, fix_head_stem=False)
+
+
+def _v1_edge_settings(variant: str):
+  """(blocks, width, depth, resolution, dropout, model options) of an EfficientNet-Lite or -EdgeTPU variant."""
+  if variant in arch.LITE_TABLE:
+    options = dict(activation='relu6', se_ratio=0.0, stem_filters=None, fix_head_stem=True)
+    return (arch.V1_BASE_BLOCKS, *arch.LITE_TABLE[variant], options)
+  options = dict(activation='relu', se_ratio=None, stem_filters=32, fix_head_stem=False)
+  return (arch.EDGETPU_BLOCKS, *arch.EDGETPU_TABLE[variant], options)
 
 
 def variant_settings(family: str, variant: str) -> dict:
   """The official architecture and recipe numbers of a named variant (or v1 'phi=<float>').
 
-  Returns a plain dict: blocks, width/depth coefficients, round rule, image sizes, dropout, BN momentum and,
-  for v2, the RandAugment magnitude and mixup alpha of google/automl's effnetv2_configs.py.
+  Returns a plain dict: blocks, width/depth coefficients, round rule, image sizes, dropout, BN momentum, the model
+  options activation / se_ratio / stem_filters / fix_head_stem and, for v2, the RandAugment magnitude and mixup
+  alpha of google/automl's effnetv2_configs.py. Family v1 also holds tensorflow/tpu's Lite and EdgeTPU variants.
   """
   if family == 'v1':
-    if variant.startswith('phi='):
+    options = _SWISH_SE
+    blocks = arch.V1_BASE_BLOCKS
+    if variant in arch.LITE_TABLE or variant in arch.EDGETPU_TABLE:
+      blocks, width, depth, res, drop, options = _v1_edge_settings(variant)
+    elif variant.startswith('phi='):
       try:
         phi = float(variant[4:])
       except ValueError:
@@ -41,10 +62,11 @@ def variant_settings(family: str, variant: str) -> dict:
     elif variant in arch.V1_TABLE:
       width, depth, res, drop = arch.V1_TABLE[variant]
     else:
-      raise ValueError(f'model.variant={variant!r} for family v1; allowed: {V1_VARIANTS} or "phi=<float>"')
-    return dict(family='v1', variant=variant, blocks=arch.V1_BASE_BLOCKS, width_coefficient=width,
+      raise ValueError(f'model.variant={variant!r} for family v1; allowed: '
+                       f'{V1_VARIANTS + LITE_VARIANTS + EDGETPU_VARIANTS} or "phi=<float>"')
+    return dict(family='v1', variant=variant, blocks=blocks, width_coefficient=width,
                 depth_coefficient=depth, round_rule='tpu', image_size=res, eval_image_size=res, dropout_rate=drop,
-                bn_momentum=0.99, randaug_magnitude=0.0, mixup_alpha=0.0)
+                bn_momentum=0.99, randaug_magnitude=0.0, mixup_alpha=0.0, **options)
   if family == 'v2':
     if variant not in arch.V2_TABLE:
       raise ValueError(f'model.variant={variant!r} for family v2; allowed: {V2_VARIANTS}')
@@ -53,7 +75,7 @@ def variant_settings(family: str, variant: str) -> dict:
     # checkpoints were trained with it); set model.bn_momentum=0.99 for the paper's value.
     return dict(family='v2', variant=variant, blocks=blocks, width_coefficient=width, depth_coefficient=depth,
                 round_rule='automl', image_size=train, eval_image_size=ev, dropout_rate=drop, bn_momentum=0.9,
-                randaug_magnitude=float(ra), mixup_alpha=mix)
+                randaug_magnitude=float(ra), mixup_alpha=mix, **_SWISH_SE)
   raise ValueError(f'model.family={family!r}; allowed: {FAMILIES}')
 
 
@@ -65,9 +87,11 @@ def model_blocks(model_config) -> tuple[list[Block], int, int]:
   """
   blocks, width, rule = model_config['blocks'], float(model_config['width_coefficient']), model_config['round_rule']
   divisor, min_depth = int(model_config['depth_divisor']), model_config['min_depth']
+  fixed = bool(model_config['fix_head_stem'])
   stages = arch.scale_stages(blocks, width, float(model_config['depth_coefficient']), rule, divisor, min_depth,
-                             model_config['se_ratio'])
-  stem, head = arch.stem_and_head(blocks, width, int(model_config['head_filters']), rule, divisor, min_depth)
+                             model_config['se_ratio'], fix_first_last=fixed)
+  stem, head = arch.stem_and_head(blocks, width, int(model_config['head_filters']), rule, divisor, min_depth,
+                                  model_config['stem_filters'], fixed)
   return arch.expand_blocks(stages, float(model_config['survival_prob'])), stem, head
 
 
@@ -80,7 +104,8 @@ def build_model(model_config) -> EfficientNet:
       dropout_rate=float(model_config['dropout_rate']), bn_momentum=float(model_config['bn_momentum']),
       bn_epsilon=float(model_config['bn_epsilon']), bn_group_size=int(model_config['bn_group_size']),
       dtype=DTYPES[model_config['dtype']], depthwise_impl=model_config['depthwise_impl'],
-      scan_blocks=bool(model_config['scan_blocks']))
+      scan_blocks=bool(model_config['scan_blocks']), activation=model_config['activation'],
+      padding=model_config['padding'])
 
 
 def abstract_variables(module: EfficientNet, image_size: int, batch: int = 1):

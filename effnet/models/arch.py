@@ -39,6 +39,34 @@ V1_TABLE = {
     'l2': (4.3, 5.3, 800, 0.5),
 }
 
+# EfficientNet-Lite (tensorflow/tpu lite/efficientnet_lite_builder.py): the B0 block strings with SE switched off
+# (`use_se=False`), ReLU6, and `fix_head_stem`: stem (32) and head (1280) keep their width and the first and last
+# stages their repeats. (width, depth, resolution, dropout); note lite3/lite4 differ from b3/b4 in resolution.
+LITE_TABLE = {
+    'lite0': (1.0, 1.0, 224, 0.2),
+    'lite1': (1.0, 1.1, 240, 0.2),
+    'lite2': (1.1, 1.2, 260, 0.3),
+    'lite3': (1.2, 1.4, 280, 0.3),
+    'lite4': (1.4, 1.8, 300, 0.3),
+}
+
+# EfficientNet-EdgeTPU (tensorflow/tpu edgetpu/efficientnet_edgetpu_builder.py): fused (c1) blocks in the first
+# three stages, no SE, ReLU, a 32-wide stem (round_filters(32)) feeding a first block whose string says i24, and
+# no skip in that first stage. The official head has 1001 classes (background first); ours keeps num_classes.
+EDGETPU_BLOCKS = (
+    'r1_k3_s11_e4_i24_o24_c1_noskip',
+    'r2_k3_s22_e8_i24_o32_c1',
+    'r4_k3_s22_e8_i32_o48_c1',
+    'r5_k5_s22_e8_i48_o96',
+    'r4_k5_s11_e8_i96_o144',
+    'r2_k5_s22_e8_i144_o192',
+)
+EDGETPU_TABLE = {  # (width, depth, resolution, dropout)
+    'edgetpu_s': (1.0, 1.0, 224, 0.2),
+    'edgetpu_m': (1.0, 1.1, 240, 0.2),
+    'edgetpu_l': (1.2, 1.4, 300, 0.3),
+}
+
 V2_BASE_BLOCKS = (
     'r1_k3_s1_e1_i32_o16_c1',
     'r2_k3_s2_e4_i16_o32_c1',
@@ -229,17 +257,19 @@ class Block:
 
 def scale_stages(blocks: Sequence[str | BlockSpec], width: float, depth: float, rule: str = 'tpu',
                  divisor: int = 8, min_depth: Optional[int] = None,
-                 se_ratio: Optional[float] = None) -> list[BlockSpec]:
+                 se_ratio: Optional[float] = None, fix_first_last: bool = False) -> list[BlockSpec]:
   """Applies width/depth scaling to each stage spec (filters rounded, repeats rounded up); the coefficients' range
-  (> 0) is checked by `config_lib.validate`."""
+  (> 0) is checked by `config_lib.validate`. `fix_first_last` keeps the first and last stages' repeats (Lite's
+  `fix_head_stem`, official `Model._build`)."""
   out = []
-  for b in blocks:
+  for i, b in enumerate(blocks):
     spec = BlockSpec.decode(b) if isinstance(b, str) else b
+    fixed = fix_first_last and i in (0, len(blocks) - 1)
     spec = dataclasses.replace(
         spec,
         input_filters=round_filters(spec.input_filters, width, rule, divisor, min_depth),
         output_filters=round_filters(spec.output_filters, width, rule, divisor, min_depth),
-        num_repeat=round_repeats(spec.num_repeat, depth))
+        num_repeat=spec.num_repeat if fixed else round_repeats(spec.num_repeat, depth))
     if se_ratio is not None:
       spec = dataclasses.replace(spec, se_ratio=se_ratio or None)
     out.append(spec)
@@ -260,9 +290,14 @@ def expand_blocks(stages: Sequence[BlockSpec], survival_prob: float = 0.8) -> li
 
 
 def stem_and_head(stages: Sequence[str | BlockSpec], width: float, head_filters: int, rule: str,
-                  divisor: int = 8, min_depth: Optional[int] = None) -> tuple[int, int]:
-  """Stem width = round_filters(first block's input filters); head = round_filters(feature size)."""
+                  divisor: int = 8, min_depth: Optional[int] = None, stem_filters: Optional[int] = None,
+                  fix_head_stem: bool = False) -> tuple[int, int]:
+  """Stem width = round_filters(`stem_filters`, or when None the first block's input filters); head =
+  round_filters(feature size). With `fix_head_stem` (Lite) neither is scaled by the width coefficient."""
   first = BlockSpec.decode(stages[0]) if isinstance(stages[0], str) else stages[0]
-  return (round_filters(first.input_filters, width, rule, divisor, min_depth),
+  stem = first.input_filters if stem_filters is None else stem_filters
+  if fix_head_stem:
+    return int(stem), int(head_filters)
+  return (round_filters(stem, width, rule, divisor, min_depth),
           round_filters(head_filters, width, rule, divisor, min_depth))
 

@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from effnet.models.arch import Block
-from effnet.models.layers import BatchNorm, Conv, SqueezeExcite, drop_path
+from effnet.models.layers import ACTIVATIONS, BatchNorm, Conv, SqueezeExcite, drop_path
 
 Dtype = Any
 
@@ -23,18 +23,24 @@ class _BlockBase(nn.Module):
   bn_group_size: int = 0
   dtype: Dtype = jnp.float32
   depthwise_impl: str = 'auto'
+  activation: str = 'silu'
+  padding: str = 'same'
+
+  def act(self, x):
+    return ACTIVATIONS[self.activation](x)
 
   def bn(self, name):
     return BatchNorm(self.bn_momentum, self.bn_epsilon, self.bn_group_size, self.dtype, name=name)
 
   def conv(self, features, kernel, strides=1, depthwise=False, name=None):
     return Conv(features, kernel, strides, depthwise=depthwise, dtype=self.dtype,
-                depthwise_impl=self.depthwise_impl, name=name)
+                depthwise_impl=self.depthwise_impl, padding=self.padding, name=name)
 
   def se(self, x):
     spec = self.block.spec
     if spec.se_ratio:
-      x = SqueezeExcite(max(1, int(spec.input_filters * spec.se_ratio)), dtype=self.dtype, name='se')(x)
+      x = SqueezeExcite(max(1, int(spec.input_filters * spec.se_ratio)), dtype=self.dtype,
+                        activation=self.activation, name='se')(x)
     return x
 
   def residual(self, x, inputs, train, survival_prob=None):
@@ -59,9 +65,9 @@ class MBConv(_BlockBase):
     x = inputs
     if spec.expand_ratio != 1:
       x = self.conv(spec.input_filters * spec.expand_ratio, 1, name='expand_conv')(x)
-      x = nn.silu(self.bn('expand_bn')(x, train))
+      x = self.act(self.bn('expand_bn')(x, train))
     x = self.conv(x.shape[-1], spec.kernel_size, spec.stride, depthwise=True, name='dw_conv')(x)
-    x = nn.silu(self.bn('dw_bn')(x, train))
+    x = self.act(self.bn('dw_bn')(x, train))
     x = self.se(x)
     x = self.conv(spec.output_filters, 1, name='project_conv')(x)
     x = self.bn('project_bn')(x, train)
@@ -69,7 +75,10 @@ class MBConv(_BlockBase):
 
 
 class FusedMBConv(_BlockBase):
-  """e≠1: k×k expand conv (stride) → [SE] → 1×1 project (BN, no act). e=1: one k×k conv (stride) → BN → act."""
+  """e≠1: k×k expand conv (stride) → [SE] → 1×1 project (BN, no act). e=1: one k×k conv (stride) → BN → act.
+
+  The expand width is spec.input_filters·e whatever width arrives (official `input_filters * expand_ratio`):
+  EdgeTPU's first block reads the 32-wide stem and expands to 24·4, as its string 'i24' says."""
   # Same shape as MBConv.__call__ on purpose: each reads as its official layer sequence (docs/fidelity.md §1).
 
   @nn.compact
@@ -78,12 +87,12 @@ class FusedMBConv(_BlockBase):
     x = inputs
     if spec.expand_ratio != 1:
       x = self.conv(spec.input_filters * spec.expand_ratio, spec.kernel_size, spec.stride, name='expand_conv')(x)
-      x = nn.silu(self.bn('expand_bn')(x, train))
+      x = self.act(self.bn('expand_bn')(x, train))
       x = self.se(x)
       x = self.conv(spec.output_filters, 1, name='project_conv')(x)
       x = self.bn('project_bn')(x, train)
     else:
       x = self.se(x)
       x = self.conv(spec.output_filters, spec.kernel_size, spec.stride, name='project_conv')(x)
-      x = nn.silu(self.bn('project_bn')(x, train))
+      x = self.act(self.bn('project_bn')(x, train))
     return self.residual(x, inputs, train, survival_prob)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from effnet.models.arch import Block
 from effnet.models.blocks import FusedMBConv, MBConv
-from effnet.models.layers import BatchNorm, Conv, dense_kernel_init, dropout
+from effnet.models.layers import ACTIVATIONS, BatchNorm, Conv, dense_kernel_init, dropout
 
 Dtype = Any
 
@@ -45,6 +45,8 @@ class EfficientNet(nn.Module):
   default because on XLA:CPU it lost: V2-S's train step compiled ~12% faster but ran ~5x slower, as XLA:CPU only
   rewrites convolutions into its fast Eigen form in the entry computation, so the backward k×k convolutions inside
   the scan's loop body run as naive loops. Accelerators were not measured.
+  `activation` (silu, relu6 for Lite, relu for EdgeTPU) is used everywhere an official `relu_fn` is: stem, blocks,
+  SE and head. `padding` is TF 'SAME' (official) or 'symmetric' (PyTorch, for timm's non-`tf_` weights).
   """
   blocks: Sequence[Block]
   stem_filters: int
@@ -57,22 +59,26 @@ class EfficientNet(nn.Module):
   dtype: Dtype = jnp.float32
   depthwise_impl: str = 'auto'
   scan_blocks: bool = False
+  activation: str = 'silu'
+  padding: str = 'same'
 
   @nn.compact
   def __call__(self, x, train: bool = False, dropout_rate: Optional[Any] = None, return_features: bool = False):
     bn_kw = dict(momentum=self.bn_momentum, epsilon=self.bn_epsilon, group_size=self.bn_group_size, dtype=self.dtype)
     blk_kw = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, bn_group_size=self.bn_group_size,
-                  dtype=self.dtype, depthwise_impl=self.depthwise_impl)
+                  dtype=self.dtype, depthwise_impl=self.depthwise_impl, activation=self.activation,
+                  padding=self.padding)
+    act = ACTIVATIONS[self.activation]
     features = {}
     x = x.astype(self.dtype)
-    x = Conv(self.stem_filters, 3, 2, dtype=self.dtype, name='stem_conv')(x)
-    x = nn.silu(BatchNorm(**bn_kw, name='stem_bn')(x, train))
+    x = Conv(self.stem_filters, 3, 2, dtype=self.dtype, padding=self.padding, name='stem_conv')(x)
+    x = act(BatchNorm(**bn_kw, name='stem_bn')(x, train))
     features['stem'] = x
     for group in block_groups(self.blocks, self.scan_blocks):
       x = self._group(group, x, train, blk_kw)
       features[f'stage_{group[-1].stage + 1}'] = x  # a stage's later groups overwrite: its last block's output
     x = Conv(self.head_filters, 1, dtype=self.dtype, name='head_conv')(x)
-    x = nn.silu(BatchNorm(**bn_kw, name='head_bn')(x, train))
+    x = act(BatchNorm(**bn_kw, name='head_bn')(x, train))
     features['head'] = x
     x = jnp.mean(x, axis=(1, 2), dtype=jnp.float32)
     features['pooled'] = x

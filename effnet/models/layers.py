@@ -15,6 +15,11 @@ from jax import lax
 
 Dtype = Any
 DEPTHWISE_IMPLS = ('auto', 'conv', 'shift')
+# The official families' activations: swish (v1, v2), ReLU6 (Lite: quantises well), ReLU (EdgeTPU).
+ACTIVATIONS = {'silu': nn.silu, 'relu6': nn.relu6, 'relu': nn.relu}
+# 'same': TF 'SAME' (the official code, timm tf_*); 'symmetric': PyTorch's ((s-1)+(k-1))//2 on every side (timm's
+# PyTorch-native efficientnet_* ports). Stride-2 layers see different pixels, so weights only fit their own padding.
+PADDINGS = ('same', 'symmetric')
 
 
 def conv_kernel_init(depthwise: bool):
@@ -41,6 +46,14 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
   return total // 2, total - total // 2
 
 
+def conv_padding(size: int, kernel: int, stride: int, padding: str = 'same') -> tuple[int, int]:
+  """(before, after) padding of one spatial axis: TF 'SAME', or PyTorch's symmetric ((s−1)+(k−1))//2 (timm)."""
+  if padding == 'symmetric':
+    pad = ((stride - 1) + (kernel - 1)) // 2
+    return pad, pad
+  return same_padding(size, kernel, stride)
+
+
 def resolve_depthwise_impl(impl: str) -> str:
   if impl not in DEPTHWISE_IMPLS:
     raise ValueError(f'model.depthwise_impl={impl!r}; allowed: {DEPTHWISE_IMPLS}')
@@ -64,6 +77,7 @@ class Conv(nn.Module):
   use_bias: bool = False
   dtype: Dtype = jnp.float32
   depthwise_impl: str = 'auto'
+  padding: str = 'same'
 
   @nn.compact
   def __call__(self, x):
@@ -76,26 +90,28 @@ class Conv(nn.Module):
     kernel = self.param('kernel', conv_kernel_init(self.depthwise), shape, jnp.float32)
     x = x.astype(self.dtype)
     w = kernel.astype(self.dtype)
+    pads = [conv_padding(x.shape[1], k, s, self.padding), conv_padding(x.shape[2], k, s, self.padding)]
     if self.depthwise and resolve_depthwise_impl(self.depthwise_impl) == 'shift':
-      y = _depthwise_shift(x, w, s)
+      y = _depthwise_shift(x, w, s, pads)
     elif k == 1 and s == 1 and not self.depthwise:
       y = jnp.einsum('nhwc,cd->nhwd', x, w[0, 0])
     else:
       y = lax.conv_general_dilated(
-          x, w, window_strides=(s, s), padding='SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+          x, w, window_strides=(s, s), padding=pads, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
           feature_group_count=cin if self.depthwise else 1)
     if self.use_bias:
       y = y + self.param('bias', nn.initializers.zeros, (y.shape[-1],), jnp.float32).astype(self.dtype)
     return y
 
 
-def _depthwise_shift(x, w, stride):
-  """Depthwise conv as a sum of k·k strided slices of the TF-'SAME'-padded input times per-channel weights."""
+def _depthwise_shift(x, w, stride, pads):
+  """Depthwise conv as a sum of k·k strided slices of the padded input (`pads`: per-axis (before, after)) times
+  per-channel weights."""
   k = w.shape[0]
   n, h, wd, c = x.shape
-  ph, pw = same_padding(h, k, stride), same_padding(wd, k, stride)
+  (ph, pw) = pads
   xp = jnp.pad(x, ((0, 0), ph, pw, (0, 0)))
-  oh, ow = -(-h // stride), -(-wd // stride)
+  oh, ow = (h + sum(ph) - k) // stride + 1, (wd + sum(pw) - k) // stride + 1
   acc = None
   for i in range(k):
     for j in range(k):
@@ -161,18 +177,20 @@ class BatchNorm(nn.Module):
 
 
 class SqueezeExcite(nn.Module):
-  """SE: global mean (float32) → 1×1 conv+bias to `reduced` → SiLU → 1×1 conv+bias back → sigmoid gate.
+  """SE: global mean (float32) → 1×1 conv+bias to `reduced` → activation → 1×1 conv+bias back → sigmoid gate.
 
-  `reduced` = max(1, int(block_input_filters · se_ratio)), from the block INPUT width (official code)."""
+  `reduced` = max(1, int(block_input_filters · se_ratio)), from the block INPUT width (official code). The
+  activation is the network's (the official `relu_fn`): SiLU in v1/v2."""
   reduced: int
   dtype: Dtype = jnp.float32
+  activation: str = 'silu'
 
   @nn.compact
   def __call__(self, x):
     c = x.shape[-1]
     s = jnp.mean(x, axis=(1, 2), keepdims=True, dtype=jnp.float32)
     s = Conv(self.reduced, 1, use_bias=True, dtype=jnp.float32, name='reduce')(s)
-    s = nn.silu(s)
+    s = ACTIVATIONS[self.activation](s)
     s = Conv(c, 1, use_bias=True, dtype=jnp.float32, name='expand')(s)
     return x * nn.sigmoid(s).astype(x.dtype)
 

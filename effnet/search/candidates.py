@@ -14,6 +14,7 @@ import dataclasses
 import json
 from typing import Sequence
 
+from effnet import workdir as workdir_lib
 from effnet.search import space as space_lib
 
 WORKER_MODULE = 'effnet.search.worker'  # the entry module of every candidate run
@@ -23,9 +24,7 @@ STEP_TIME_FILE = 'step_time.json'       # written by the worker after the benchm
 TRAININGS_FILE = 'trainings.txt'        # one line per training the worker started
 
 
-def path(p):
-  from etils import epath  # pylint: disable=g-import-not-at-top
-  return epath.Path(p)
+path = workdir_lib.as_path  # str -> etils.epath.Path (local or gs://)
 
 
 @dataclasses.dataclass(frozen=True)

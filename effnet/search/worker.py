@@ -15,6 +15,7 @@ from absl import app, flags, logging
 
 from effnet import main as effnet_main  # defines --config / --workdir exactly as effnet.main does
 from effnet import train
+from effnet import workdir as workdir_lib
 from effnet.search.candidates import STEP_TIME_FILE, TRAININGS_FILE
 
 _TRAIN = flags.DEFINE_bool('search_train', True, 'train (and evaluate) before the benchmark')
@@ -25,16 +26,11 @@ _BATCH = flags.DEFINE_integer('bench_batch', 0, 'benchmark batch (0: config.trai
 _SIZE = flags.DEFINE_integer('bench_image_size', 0, 'benchmark image size (0: config.data.image_size)')
 
 
-def _path(p):
-  from etils import epath
-  return epath.Path(p)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   config, workdir = effnet_main._CONFIG.value, effnet_main._WORKDIR.value  # pylint: disable=protected-access
-  wd = _path(workdir)
+  wd = workdir_lib.as_path(workdir)
   wd.mkdir(parents=True, exist_ok=True)
   if _TRAIN.value:
     with (wd / TRAININGS_FILE).open('a') as f:

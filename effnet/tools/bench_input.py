@@ -29,7 +29,8 @@ import numpy as np
 
 from effnet.data import TRAIN_PREPROCESS
 
-EVAL_RECIPE = {'inception_v1': 'center_crop_v1', 'inception_v2': 'center_crop_v2', 'resize': 'resize'}
+EVAL_RECIPE = {'inception_v1': 'center_crop_v1', 'inception_v1_0875': 'center_crop_v1_0875',
+               'inception_v2': 'center_crop_v2', 'resize': 'resize'}
 
 
 def make_jpegs(num_images, seed=0):

@@ -36,8 +36,8 @@ def _field(cfg, name):
 def summarize(config) -> dict:
   """Shape-only summary of `config` (a full config with .model and .data, or just a model config).
 
-  Returns a plain dict: family, variant, params (int), params_m, macs (int, at the eval resolution), macs_b,
-  image_size (train), eval_image_size, num_blocks, stem {'width', 'shape'}, head_width, pooled_width and
+  Returns a plain dict: family, variant, activation, params (int), params_m, macs (int, at the eval resolution),
+  macs_b, image_size (train), eval_image_size, num_blocks, stem {'width', 'shape'}, head_width, pooled_width and
   stages: a list with, per stage, index, name, num_blocks, kernel_size, stride, expand_ratio, se_ratio, fused,
   input_filters, output_filters and output_shape (batch 1 at the eval resolution).
   """
@@ -66,6 +66,7 @@ def summarize(config) -> dict:
     st['output_shape'] = tuple(feats[st['name']].shape)
   return dict(
       family=_field(model_cfg, 'family'), variant=_field(model_cfg, 'variant'),
+      activation=_field(model_cfg, 'activation'),
       params=params, params_m=params / 1e6, macs=int(macs), macs_b=macs / 1e9,
       image_size=train_size, eval_image_size=eval_size, num_blocks=len(blocks),
       stem=dict(width=stem, shape=tuple(feats['stem'].shape)), head_width=head,
@@ -75,7 +76,7 @@ def summarize(config) -> dict:
 
 def format_summary(s: dict) -> str:
   lines = [
-      f'variant:    {s["family"]} {s["variant"]}',
+      f'variant:    {s["family"]} {s["variant"]} ({s["activation"]})',
       f'params:     {s["params"]:,} ({s["params_m"]:.2f}M)',
       f'MACs:       {s["macs"]:,} ({s["macs_b"]:.3f}B) at {s["eval_image_size"]}x{s["eval_image_size"]}',
       f'resolution: train {s["image_size"]}, eval {s["eval_image_size"]}',
