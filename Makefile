@@ -35,16 +35,18 @@ $(VENV)/.created-py312:
 	touch $@
 
 # The pinned set and the project itself (editable: the console scripts, and `import effnet` from any directory).
-$(VENV)/.runtime: requirements.txt pyproject.toml | $(VENV)/.created-py312
+$(VENV)/.runtime: requirements.txt requirements-onnx.txt pyproject.toml | $(VENV)/.created-py312
 	$(PIP) install -q -r requirements.txt -e .
+	$(PIP) install -q --no-deps -r requirements-onnx.txt
 	touch $@
 
 # Test extras: resolved with the runtime pins, then torch/timm without their CUDA extras (requirements-torch.txt says
-# why); `pip check` must find nothing missing but the one package left out on purpose (triton).
+# why); `pip check` must find nothing missing but the one package left out on purpose (triton) and jax2onnx's
+# declared dependencies (requirements-onnx.txt says why).
 $(VENV)/.test: requirements-test.txt requirements-torch.txt $(VENV)/.runtime
 	$(PIP) install -q -r requirements.txt -r requirements-test.txt -e .
 	$(PIP) install -q --no-deps -r requirements-torch.txt
-	@broken=$$($(PIP) check 2>&1 | grep -v -E '^No broken requirements|^torch [^ ]+ requires triton'); \
+	@broken=$$($(PIP) check 2>&1 | grep -v -E '^No broken requirements|^torch [^ ]+ requires triton|^jax2onnx [^ ]+ (requires|has requirement)'); \
 	  if [ -n "$$broken" ]; then echo "$$broken" >&2; exit 1; fi
 	$(PY) -c 'import torch, timm'
 	touch $@

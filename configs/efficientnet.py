@@ -18,6 +18,9 @@ def get_config(arg=None):
   variant = a.variant if a.phi is None else f'phi={a.phi}'
   c = config_lib.base_config()
   config_lib.apply_model_settings(c, models.variant_settings('v1', variant))
+  # The official v1 infeed is bfloat16 (tensorflow/tpu use_bfloat16): its legacy-bicubic eval crop overshoots
+  # [0, 255] at ~1% of values, which uint8 would clip (up to 44 levels; docs/fidelity.md §3 "Output dtype").
+  c.data.image_dtype = 'bfloat16'
   if variant in models.LITE_VARIANTS + models.EDGETPU_VARIANTS:
     c.data.normalization = 'edge'  # their builders normalise (x - 127) / 128 (MEAN_RGB 127, STDDEV_RGB 128)
   if a.alpha or a.beta or a.gamma:  # compound scaling with other constants (e.g. from launch.grid_search)

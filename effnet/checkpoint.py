@@ -23,9 +23,10 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -161,6 +162,13 @@ def changed_fields(stored: dict, current: dict, sections=None) -> list[str]:
   return lines
 
 
+def _pruned(tree, keep, prefix: tuple[str, ...] = ()):
+  """`tree` (nested dicts) without the subtrees whose path (a tuple of names) `keep` rejects."""
+  if not isinstance(tree, dict):
+    return tree
+  return {k: _pruned(v, keep, prefix + (str(k),)) for k, v in tree.items() if keep(prefix + (str(k),))}
+
+
 class Checkpointer:
   """Thin wrapper over `ocp.CheckpointManager` for the train state plus two small JSON items: metadata and the
   config of the run that wrote the step."""
@@ -251,6 +259,55 @@ class Checkpointer:
     if mismatch:
       raise CheckpointMismatchError(self._mismatch_message(step, mismatch, stored_config))
 
+  def restore_items(self, abstract_items: dict, step: Optional[int] = None, skip=()) -> tuple[int, dict]:
+    """(step, items): only the top-level items of the stored state named by `abstract_items` (e.g. 'ema_params'),
+    as host numpy float32 arrays; the other items (optimizer slots, rng) are never read, so a checkpoint restores
+    without the optimizer config that wrote it (effnet.weights). `skip`: paths (tuples of names, e.g.
+    ('params', 'head_dense')) neither compared nor read. Each requested leaf is checked against the stored tree
+    first (CheckpointMismatchError names the first variable that differs). `step=None`: the newest step, walking
+    back past damage as `restore` does."""
+    steps = sorted(self.all_steps(), reverse=True) if step is None else [step]
+    if not steps:
+      raise FileNotFoundError(f'no checkpoint in {self.directory}')
+    keep = lambda path: not any(path[:len(s)] == tuple(s) for s in skip)  # noqa: E731
+    for candidate in steps:
+      try:
+        return candidate, self._restore_items_step(abstract_items, candidate, keep)
+      except (OSError, ValueError, KeyError) as e:
+        if isinstance(e, CheckpointMismatchError) or not _is_damage(e) or candidate == steps[-1]:
+          raise
+        logging.warning('checkpoint step %d in %s is damaged, trying an older step: %s', candidate,
+                        self.directory, _short_reason(e))
+
+  def _restore_items_step(self, abstract_items: dict, step: int, keep) -> dict:
+    """`restore_items` of one step, through one orbax PyTree handler closed afterwards."""
+    handler = ocp.PyTreeCheckpointHandler()  # closed, also when the read fails: its thread pool and event loop
+    try:
+      return self._read_items(handler, abstract_items, step, keep)
+    finally:
+      handler.close()
+
+  def stored_shapes(self, step: int) -> dict[tuple[str, ...], tuple]:
+    """{path as strings: shape} of every array of the stored state of `step`, from its metadata (no array read)."""
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+      return _shapes_by_path(handler.metadata(self._step_path(step) / 'state').tree)
+    finally:
+      handler.close()
+
+  def _read_items(self, handler, abstract_items: dict, step: int, keep) -> dict:
+    """The check against the stored tree (its metadata only), then the partial read of the kept leaves."""
+    stored = handler.metadata(self._step_path(step) / 'state').tree
+    stored_items = {k: stored[k] for k in abstract_items if k in stored}
+    mismatch = _first_mismatch({p: s for p, s in _shapes_by_path(stored_items).items() if keep(p)},
+                               {p: s for p, s in _shapes_by_path(abstract_items).items() if keep(p)})
+    if mismatch:
+      raise CheckpointMismatchError(self._mismatch_message(step, mismatch, self._stored_config(step)))
+    item = _pruned(abstract_items, keep)
+    restore_args = jax.tree.map(lambda s: ocp.RestoreArgs(restore_type=np.ndarray, dtype=np.float32), item)
+    return handler.restore(self._step_path(step) / 'state',
+                           args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True))
+
   def _restore_step(self, abstract_state, step: int):
     """One step: its stored config and tree checked against this run's first (orbax's own shape error names
     neither the variable nor the cause), then the arrays and the JSON metadata."""
@@ -277,7 +334,7 @@ class Checkpointer:
 
   def _mismatch_message(self, step: int, mismatch: str, stored_config: Optional[dict]) -> str:
     """Names the cause (the changed model fields, when the step stored its config) and the first variable."""
-    message = f'checkpoint step {step} in {self.directory} does not fit the model being trained'
+    message = f'checkpoint step {step} in {self.directory} does not fit the model of this config'
     if stored_config is not None and self._config is not None:
       changes = changed_fields(stored_config, self._config, _TREE_SECTIONS)
       message += (f'; changed since it was written: {"; ".join(changes)}' if changes else
@@ -295,8 +352,9 @@ class Checkpointer:
   def _step_path(self, step: int) -> epath.Path:
     return epath.Path(self.directory) / str(step)
 
-  def save(self, step: int, state, meta: Optional[dict] = None, force: bool = False) -> bool:
-    """Saves if `step` is on the save interval (or `force`); returns whether a save was started.
+  def save(self, step: int, state, meta: dict | Callable[[], dict] | None = None, force: bool = False) -> bool:
+    """Saves if `step` is on the save interval (or `force`); returns whether a save was started. `meta` is a
+    JSON-able dict, or a function returning one, called only when the step saves.
 
     Orbax also always saves the first step it is given in a process (so a fresh run checkpoints step 1), and a
     step that already exists is skipped.
@@ -305,11 +363,17 @@ class Checkpointer:
     saves S+1, S+2, ..., and orbax refuses any step at or below its latest one, so the damaged steps would
     silently block (or collide with) the new checkpoints. They are renamed to `<step>.damaged-<UTC time>` (not a
     step name, so orbax's keep-N never deletes them) and logged, never deleted: the user may want to inspect them.
+
+    An async save that fails in the background raises `CheckpointWriteError` naming its step at the first of: the
+    next call of this (single process: any step; multi-process: the next saving step), `wait` or `close`.
     """
+    self._surface_finished_failure()
     if self._damaged_steps:
       self._move_damaged_steps_aside()
     if step in self._manager.all_steps():
       return False
+    if callable(meta):  # built only for a step that saves (it may gather across hosts): every host decides alike
+      meta = meta() if force or self._manager.should_save(step) else None
     items = {'state': ocp.args.StandardSave(state), 'meta': ocp.args.JsonSave(dict(meta or {}))}
     if self._config is not None:  # one more item of the same step: committed by the same rename as the arrays
       items['config'] = ocp.args.JsonSave(self._config)
@@ -348,6 +412,16 @@ class Checkpointer:
     if started and self._use_async:
       self._pending_step = step
     return started
+
+  def _surface_finished_failure(self) -> None:
+    """A single-process run whose async save has finished meanwhile waits for it now (no blocking: it is done), so
+    a failed write raises at the first step after it failed, not at the next saving step up to
+    `checkpoint_every_steps` steps later. A multi-process run leaves it to that saving step: there orbax's barriers
+    hold every host at the same step, where a host raising alone would leave the others waiting in a collective."""
+    if self._pending_step is None or not self._use_async or jax.process_count() > 1:
+      return
+    if not self._manager.is_saving_in_progress():
+      self.wait()
 
   def wait(self):
     """Blocks until the background save is complete; a failed one raises `CheckpointWriteError` naming its step."""

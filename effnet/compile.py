@@ -44,10 +44,13 @@ def cache_stats() -> dict:
 class StepCompiler:
   """Compiled train/eval executables keyed by (image_size, global_batch); compiles on demand or in background."""
 
-  def __init__(self, train_step: Callable, eval_step: Callable, abstract_state, mesh, hyper_example: dict):
+  def __init__(self, train_step: Callable, eval_step: Callable, abstract_state, mesh, hyper_example: dict, *,
+               image_dtype: str):
+    """image_dtype: the batches' image dtype, config.data.image_dtype (what the host pipeline emits)."""
     self._cache_stats_at_start = cache_stats()  # also installs the cache-event listener before the first compile
     self.mesh = mesh
     self.abstract_state = abstract_state
+    self.image_dtype = jnp.dtype(image_dtype)
     rep = parallel.replicated(mesh)
     state_shardings = jax.tree.map(lambda s: s.sharding, abstract_state)
     self._train_jit = jax.jit(train_step, donate_argnums=0, out_shardings=(state_shardings, rep))
@@ -62,7 +65,7 @@ class StepCompiler:
     self.cost: dict[tuple, Any] = {}
 
   def _batch(self, image_size, batch, with_mask):
-    spec = {'image': ((batch, image_size, image_size, 3), jnp.uint8), 'label': ((batch,), jnp.int32)}
+    spec = {'image': ((batch, image_size, image_size, 3), self.image_dtype), 'label': ((batch,), jnp.int32)}
     if with_mask:
       spec['mask'] = ((batch,), jnp.int32)
     return parallel.abstract_batch(spec, self.mesh)

@@ -19,7 +19,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from effnet import data, models, optim, parallel, progressive
-from effnet.data import bad_examples
+from effnet.data import bad_examples, folder
 
 NAN_POLICIES = ('stop', 'skip')
 
@@ -102,7 +102,11 @@ def base_config() -> ml_collections.ConfigDict:
       prefetch=2,  # prefetch None or < 0: tf.data.AUTOTUNE
       # An example that does not decode (a truncated JPEG): 'skip' drops it, logs its split and record id and
       # counts it, so one bad file never kills a long run; 'fail' stops the run naming it (effnet.data.bad_examples).
-      bad_examples='skip'))
+      bad_examples='skip',
+      # The dtype the host hands to the device. The official code keeps the float32 of its resize (bfloat16 with
+      # TPU's use_bfloat16); 'uint8' (round, clip) copies 4x fewer bytes and is <= 0.5 level off inside [0, 255]
+      # (docs/fidelity.md §3); 'float32' is the official output bit for bit. On-device RandAugment needs 'uint8'.
+      image_dtype='uint8'))
 
   c.optim = ml_collections.ConfigDict(dict(
       lr_base=0.016, warmup_epochs=5.0, decay_epochs=2.4, decay_factor=0.97,
@@ -114,7 +118,11 @@ def base_config() -> ml_collections.ConfigDict:
       num_train_examples=config_dict.placeholder(int), seed=0, log_every_steps=100,
       eval_every_steps=config_dict.placeholder(int), checkpoint_every_steps=1000, keep_checkpoints=3,
       async_checkpointing=True, nan_policy='stop', early_stopping_patience=0, eval_ema=True,
-      compile_cache_dir=config_dict.placeholder(str), compile_ahead=True))
+      compile_cache_dir=config_dict.placeholder(str), compile_ahead=True,
+      # Fine-tuning (configs/finetune.py): start from another run's or a converted checkpoint (a workdir, its
+      # checkpoints folder or a tools.convert output) when the workdir has none of its own; its EMA copies by default,
+      # as automl's ft_init_ema; 'backbone' trains only the classifier (optim.freeze_labels).
+      init_from=config_dict.placeholder(str), init_ema=True, freeze='none'))
 
   c.progressive = ml_collections.ConfigDict(dict(
       enabled=False, rule=progressive.DEFAULT_RULE, num_stages=4, size_min=128, size_max=config_dict.placeholder(int),
@@ -214,8 +222,9 @@ _CHOICES = {
     'data.train_preprocess': data.TRAIN_PREPROCESS, 'data.eval_preprocess': data.EVAL_PREPROCESS,
     'data.augment': data.AUGMENTS, 'data.normalization': data.NORMALIZATIONS,
     'data.resize_method': (None,) + data.RESIZE_METHODS,  # None: per recipe (see base_config)
-    'data.bad_examples': bad_examples.POLICIES,
+    'data.bad_examples': bad_examples.POLICIES, 'data.image_dtype': data.IMAGE_DTYPES,
     'optim.schedule': optim.SCHEDULES, 'optim.weight_decay_rule': optim.WEIGHT_DECAY_RULES,
+    'train.freeze': optim.FREEZE_MODES,
     'train.nan_policy': NAN_POLICIES, 'progressive.rule': progressive.RULES, 'distributed.initialize': parallel.INITIALIZE_MODES,
 }
 
@@ -254,7 +263,7 @@ _RANGES = {
 }
 
 _FLAGS = ('model.scan_blocks', 'data.flip', 'data.shuffle_files', 'data.randaug_on_device', 'data.cache',
-         'optim.ema_per_stage', 'train.async_checkpointing', 'train.eval_ema', 'train.compile_ahead',
+         'optim.ema_per_stage', 'train.async_checkpointing', 'train.eval_ema', 'train.compile_ahead', 'train.init_ema',
          'progressive.enabled', 'progressive.scale_batch', 'model.fix_head_stem')
 
 
@@ -281,7 +290,32 @@ def _check_blocks(blocks) -> None:
 def _check_data_name(name) -> None:
   """Only a non-empty string can name a tfds dataset; whether tfds knows it is asked when the builder loads."""
   if not isinstance(name, str) or not name:
-    _fail('data.name', name, "a tfds dataset name, e.g. 'digits' (built in) or 'imagenet2012'")
+    _fail('data.name', name, "a tfds dataset name, e.g. 'digits' (built in) or 'imagenet2012', or 'folder:/path' "
+                             "(a folder of images, effnet.data.folder)")
+
+
+def _check_folder_data(c: ml_collections.ConfigDict) -> None:
+  """data.name='folder:/path' (effnet.data.folder): the layout, the split folders and a classifier with one output
+  per class folder, checked here because the model is built (and compiled) before the data load."""
+  if not folder.is_folder_name(c.data.name):
+    return
+  eval_split = c.data.eval_split or folder.default_eval_split(c.data.name)  # None: as pipeline.default_eval_split
+  classes = folder.check(c.data.name, [('data.train_split', c.data.train_split), ('data.eval_split', eval_split)])
+  if c.model.num_classes != len(classes):
+    _fail('model.num_classes', c.model.num_classes,
+          f'{len(classes)}, the class folders of data.name={c.data.name!r} ({", ".join(classes[:5])}'
+          f'{", ..." if len(classes) > 5 else ""})')
+
+
+def _check_init_from(t: ml_collections.ConfigDict) -> None:
+  """train.init_from: None or a local directory holding checkpoint steps (what effnet.weights reads)."""
+  path = t.init_from
+  if path is None:
+    return
+  if not isinstance(path, str) or not path:
+    _fail('train.init_from', path, 'None or a directory path')
+  from effnet import weights  # pylint: disable=g-import-not-at-top  (orbax: only when a path is given)
+  weights.checkpoint_dir(os.path.expanduser(path), 'train.init_from')  # ValueError naming the field
 
 
 def _check_optim_relations(o: ml_collections.ConfigDict) -> None:
@@ -289,6 +323,11 @@ def _check_optim_relations(o: ml_collections.ConfigDict) -> None:
     for name in ('decay_epochs', 'decay_factor'):
       if not _above(0).allows(o[name]):
         _fail(f'optim.{name}', o[name], '> 0 for optim.schedule=exponential')
+
+
+def _check_data_relations(d: ml_collections.ConfigDict) -> None:
+  if d.randaug_on_device and d.augment == 'randaugment' and d.image_dtype != 'uint8':  # randaugment_jax takes uint8
+    _fail('data.image_dtype', d.image_dtype, "'uint8' when data.randaug_on_device=True with data.augment=randaugment")
 
 
 def _check_train_relations(c: ml_collections.ConfigDict) -> None:
@@ -329,7 +368,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
       _fail(field, _field(c, field), '(True, False)')
   _check_blocks(c.model.blocks)
   _check_data_name(c.data.name)
+  _check_folder_data(c)
+  _check_init_from(c.train)
   _check_optim_relations(c.optim)
+  _check_data_relations(c.data)
   _check_train_relations(c)
   _check_progressive_relations(c)
 

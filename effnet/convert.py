@@ -1,4 +1,5 @@
-"""Imports timm EfficientNet weights (v1, V2, Lite, EdgeTPU) and keras.applications EfficientNets into our variables.
+"""Imports timm EfficientNet weights (v1, V2, Lite, EdgeTPU), keras.applications EfficientNets and official TF
+checkpoints (tensorflow/tpu, google/automl) into our variables.
 
 Why: timm's `tf_*` models are faithful ports of the official TF checkpoints (TF 'SAME' padding, BN eps 1e-3), so
 their state dicts are the easiest way to start from the released ImageNet weights and the reference we check our
@@ -16,12 +17,18 @@ preprocessing inside the model; it is checked against effnet's data.normalizatio
 since zero padding after the stem would then pad other values), and BN epsilon, activation and padding are read from
 the Keras layers and checked against the config.
 
-No torch or Keras import at module level: tensors are converted through `.detach().cpu().numpy()` when they have it.
+Official TF checkpoints (`from_tf_checkpoint`): the variable names the official main.py saves, read with
+tf.train.load_checkpoint; the EMA shadows by default, as the official eval restores them.
+
+One name table (`_Names`) says how each source names a layer's tensors; `_conv` / `_bn` build the entries from it.
+No torch, Keras or TensorFlow import at module level: tensors are converted through `.detach().cpu().numpy()` when
+they have it.
 """
 from __future__ import annotations
 
 from typing import Any, Mapping
 
+import collections
 import logging
 import os
 import re
@@ -32,7 +39,8 @@ import numpy as np
 from effnet.data import NORMALIZATIONS, normalize
 from effnet.models import abstract_variables, build_model, model_blocks, scan_variables
 
-__all__ = ['from_keras', 'from_timm', 'keras_weights', 'timm_requirements']
+__all__ = ['from_keras', 'from_tf_checkpoint', 'from_timm', 'keras_weights', 'tf_checkpoint_weights',
+           'timm_requirements']
 
 # timm architecture name (without its '.tag') -> (what the name means, model fields the weights need). Sources:
 # timm/models/efficientnet.py: the tf_* entry points set bn_eps=1e-3 and pad_type='same'; the others keep PyTorch's
@@ -112,24 +120,32 @@ _HWIO = 'hwio'        # Keras conv [kh, kw, I, O]: unchanged
 _KERAS_DEPTHWISE = 'kdw'  # Keras depthwise [kh, kw, C, 1] -> [kh, kw, 1, C]
 _DENSE = 'dense'      # Keras Dense [in, out]: unchanged
 
-_BN_FIELDS = (('weight', 'params', 'scale'), ('bias', 'params', 'bias'),
-              ('running_mean', 'batch_stats', 'mean'), ('running_var', 'batch_stats', 'var'))
+# How each source names a layer's tensors: separator, conv kernel and bias leaves, the BN leaves in the order of
+# _OUR_BN, and how its conv kernels are laid out. One table drives `_conv` / `_bn` for timm, Keras and TF.
+_Names = collections.namedtuple('_Names', 'sep kernel bias bn conv_kind')
+_TIMM_NAMES = _Names('.', 'weight', 'bias', ('weight', 'bias', 'running_mean', 'running_var'), _OIHW)
+_KERAS_NAMES = _Names('/', 'kernel', 'bias', ('gamma', 'beta', 'moving_mean', 'moving_variance'), _HWIO)
+_OUR_BN = (('params', 'scale'), ('params', 'bias'), ('batch_stats', 'mean'), ('batch_stats', 'var'))
+T, K = _TIMM_NAMES, _KERAS_NAMES  # short names for the entry builders below
 
 
-def _conv(timm_name: str, ours: str, kind: str = _OIHW, bias: bool = False):
-  out = [(f'{timm_name}.weight', ('params',) + tuple(ours.split('/')) + ('kernel',), kind)]
+def _conv(names: _Names, layer: str, ours: str, kind: str | None = None, bias: bool = False, kernel: str = ''):
+  """(source name, our path, kind) of a conv's kernel (leaf `kernel` if given) and optional bias."""
+  path = ('params',) + tuple(ours.split('/'))
+  out = [(f'{layer}{names.sep}{kernel or names.kernel}', path + ('kernel',), kind or names.conv_kind)]
   if bias:
-    out.append((f'{timm_name}.bias', ('params',) + tuple(ours.split('/')) + ('bias',), _VECTOR))
+    out.append((f'{layer}{names.sep}{names.bias}', path + ('bias',), _VECTOR))
   return out
 
 
-def _bn(timm_name: str, ours: str):
-  return [(f'{timm_name}.{t}', (col,) + tuple(ours.split('/')) + (leaf,), _VECTOR) for t, col, leaf in _BN_FIELDS]
+def _bn(names: _Names, layer: str, ours: str):
+  return [(f'{layer}{names.sep}{leaf}', (col,) + tuple(ours.split('/')) + (our_leaf,), _VECTOR)
+          for leaf, (col, our_leaf) in zip(names.bn, _OUR_BN)]
 
 
 def _se(timm_prefix: str, ours_prefix: str):
-  return (_conv(f'{timm_prefix}.se.conv_reduce', f'{ours_prefix}/se/reduce', bias=True) +
-          _conv(f'{timm_prefix}.se.conv_expand', f'{ours_prefix}/se/expand', bias=True))
+  return (_conv(_TIMM_NAMES, f'{timm_prefix}.se.conv_reduce', f'{ours_prefix}/se/reduce', bias=True) +
+          _conv(_TIMM_NAMES, f'{timm_prefix}.se.conv_expand', f'{ours_prefix}/se/expand', bias=True))
 
 
 def _block_entries(block, j: int):
@@ -140,33 +156,34 @@ def _block_entries(block, j: int):
   o = f'blocks_{block.index}'
   se = bool(spec.se_ratio)
   if spec.fused and spec.expand_ratio != 1:  # er
-    out = _conv(f'{t}.conv_exp', f'{o}/expand_conv') + _bn(f'{t}.bn1', f'{o}/expand_bn')
+    out = _conv(T, f'{t}.conv_exp', f'{o}/expand_conv') + _bn(T, f'{t}.bn1', f'{o}/expand_bn')
     if se:
       out += _se(t, o)
-    return out + _conv(f'{t}.conv_pwl', f'{o}/project_conv') + _bn(f'{t}.bn2', f'{o}/project_bn')
+    return out + _conv(T, f'{t}.conv_pwl', f'{o}/project_conv') + _bn(T, f'{t}.bn2', f'{o}/project_bn')
   if spec.fused:  # cn (timm ConvBnAct has no SE; if ours does, its SE tensors are reported as missing)
-    return (_se(t, o) if se else []) + _conv(f'{t}.conv', f'{o}/project_conv') + _bn(f'{t}.bn1', f'{o}/project_bn')
+    return ((_se(t, o) if se else []) + _conv(T, f'{t}.conv', f'{o}/project_conv') +
+            _bn(T, f'{t}.bn1', f'{o}/project_bn'))
   if spec.expand_ratio == 1:  # ds
-    out = _conv(f'{t}.conv_dw', f'{o}/dw_conv', _DEPTHWISE) + _bn(f'{t}.bn1', f'{o}/dw_bn')
+    out = _conv(T, f'{t}.conv_dw', f'{o}/dw_conv', _DEPTHWISE) + _bn(T, f'{t}.bn1', f'{o}/dw_bn')
     if se:
       out += _se(t, o)
-    return out + _conv(f'{t}.conv_pw', f'{o}/project_conv') + _bn(f'{t}.bn2', f'{o}/project_bn')
-  out = (_conv(f'{t}.conv_pw', f'{o}/expand_conv') + _bn(f'{t}.bn1', f'{o}/expand_bn') +
-         _conv(f'{t}.conv_dw', f'{o}/dw_conv', _DEPTHWISE) + _bn(f'{t}.bn2', f'{o}/dw_bn'))
+    return out + _conv(T, f'{t}.conv_pw', f'{o}/project_conv') + _bn(T, f'{t}.bn2', f'{o}/project_bn')
+  out = (_conv(T, f'{t}.conv_pw', f'{o}/expand_conv') + _bn(T, f'{t}.bn1', f'{o}/expand_bn') +
+         _conv(T, f'{t}.conv_dw', f'{o}/dw_conv', _DEPTHWISE) + _bn(T, f'{t}.bn2', f'{o}/dw_bn'))
   if se:
     out += _se(t, o)
-  return out + _conv(f'{t}.conv_pwl', f'{o}/project_conv') + _bn(f'{t}.bn3', f'{o}/project_bn')
+  return out + _conv(T, f'{t}.conv_pwl', f'{o}/project_conv') + _bn(T, f'{t}.bn3', f'{o}/project_bn')
 
 
 def _entries(model_config, with_classifier: bool):
   blocks, _, _ = model_blocks(model_config)
-  out = _conv('conv_stem', 'stem_conv') + _bn('bn1', 'stem_bn')
+  out = _conv(T, 'conv_stem', 'stem_conv') + _bn(T, 'bn1', 'stem_bn')
   seen: dict[int, int] = {}
   for blk in blocks:
     j = seen.get(blk.stage, 0)
     seen[blk.stage] = j + 1
     out += _block_entries(blk, j)
-  out += _conv('conv_head', 'head_conv') + _bn('bn2', 'head_bn')
+  out += _conv(T, 'conv_head', 'head_conv') + _bn(T, 'bn2', 'head_bn')
   if with_classifier:
     out += [('classifier.weight', ('params', 'head_dense', 'kernel'), _LINEAR),
             ('classifier.bias', ('params', 'head_dense', 'bias'), _VECTOR)]
@@ -293,21 +310,8 @@ def _assign(entries, source: Mapping, expected: dict, words: tuple[str, str]) ->
 #   weights='imagenet', because its weight file stores the std where Normalization expects the variance); V2 B0-B3
 #   Rescaling(1/255) + Normalization(ImageNet mean, std**2); V2 S/M/L Rescaling(1/128, offset=-1). These are
 #   checked against effnet's data.normalization (`_keras_preprocessing`), never converted.
-_KERAS_BN_FIELDS = (('gamma', 'params', 'scale'), ('beta', 'params', 'bias'),
-                    ('moving_mean', 'batch_stats', 'mean'), ('moving_variance', 'batch_stats', 'var'))
 _KERAS_ACTIVATIONS = {'swish': 'silu', 'silu': 'silu', 'relu': 'relu', 'relu6': 'relu6'}
 _KERAS_PREPROCESSING = ('Rescaling', 'Normalization')
-
-
-def _keras_conv(layer: str, ours: str, kind: str = _HWIO, bias: bool = False):
-  out = [(f'{layer}/kernel', ('params',) + tuple(ours.split('/')) + ('kernel',), kind)]
-  if bias:
-    out.append((f'{layer}/bias', ('params',) + tuple(ours.split('/')) + ('bias',), _VECTOR))
-  return out
-
-
-def _keras_bn(layer: str, ours: str):
-  return [(f'{layer}/{k}', (col,) + tuple(ours.split('/')) + (leaf,), _VECTOR) for k, col, leaf in _KERAS_BN_FIELDS]
 
 
 def _keras_block_entries(block, j: int, dwconv: str):
@@ -315,26 +319,26 @@ def _keras_block_entries(block, j: int, dwconv: str):
   spec = block.spec
   k = f'block{block.stage + 1}{chr(ord("a") + j)}_'
   o = f'blocks_{block.index}'
-  se = (_keras_conv(f'{k}se_reduce', f'{o}/se/reduce', bias=True) +
-        _keras_conv(f'{k}se_expand', f'{o}/se/expand', bias=True)) if spec.se_ratio else []
-  project = _keras_conv(f'{k}project_conv', f'{o}/project_conv') + _keras_bn(f'{k}project_bn', f'{o}/project_bn')
-  expand = (_keras_conv(f'{k}expand_conv', f'{o}/expand_conv') + _keras_bn(f'{k}expand_bn', f'{o}/expand_bn')
+  se = (_conv(K, f'{k}se_reduce', f'{o}/se/reduce', bias=True) +
+        _conv(K, f'{k}se_expand', f'{o}/se/expand', bias=True)) if spec.se_ratio else []
+  project = _conv(K, f'{k}project_conv', f'{o}/project_conv') + _bn(K, f'{k}project_bn', f'{o}/project_bn')
+  expand = (_conv(K, f'{k}expand_conv', f'{o}/expand_conv') + _bn(K, f'{k}expand_bn', f'{o}/expand_bn')
             if spec.expand_ratio != 1 else [])
   if spec.fused:
     return expand + se + project
-  depthwise = _keras_conv(f'{k}{dwconv}', f'{o}/dw_conv', _KERAS_DEPTHWISE) + _keras_bn(f'{k}bn', f'{o}/dw_bn')
+  depthwise = _conv(K, f'{k}{dwconv}', f'{o}/dw_conv', _KERAS_DEPTHWISE) + _bn(K, f'{k}bn', f'{o}/dw_bn')
   return expand + depthwise + se + project
 
 
 def _keras_entries(model_config, with_classifier: bool, dwconv: str):
   blocks, _, _ = model_blocks(model_config)
-  out = _keras_conv('stem_conv', 'stem_conv') + _keras_bn('stem_bn', 'stem_bn')
+  out = _conv(K, 'stem_conv', 'stem_conv') + _bn(K, 'stem_bn', 'stem_bn')
   seen: dict[int, int] = {}
   for blk in blocks:
     j = seen.get(blk.stage, 0)
     seen[blk.stage] = j + 1
     out += _keras_block_entries(blk, j, dwconv)
-  out += _keras_conv('top_conv', 'head_conv') + _keras_bn('top_bn', 'head_bn')
+  out += _conv(K, 'top_conv', 'head_conv') + _bn(K, 'top_bn', 'head_bn')
   if with_classifier:
     out += [('predictions/kernel', ('params', 'head_dense', 'kernel'), _DENSE),
             ('predictions/bias', ('params', 'head_dense', 'bias'), _VECTOR)]
@@ -456,4 +460,142 @@ def from_keras(model_or_path, model_config, image_size: int = 64, *, normalizati
   expected = _flatten(abstract_variables(module.clone(scan_blocks=False), image_size))
   with_classifier = ('params', 'head_dense', 'kernel') in expected
   out = _assign(_keras_entries(model_config, with_classifier, dwconv), weights, expected, _KERAS_WORDS)
+  return scan_variables(out, module) if module.scan_blocks else out
+
+
+# --- Official TF checkpoints (tensorflow/tpu v1, Lite, EdgeTPU; google/automl V2) -----------------------------------
+#
+# Facts from tensorflow/tpu efficientnet_model.py / efficientnet_builder.py and google/automl effnetv2_model.py,
+# checked on checkpoints their training graph saves (tests/data/official/tf_checkpoint) and on released listings:
+# - Everything under one scope, the model name ('efficientnet-b0', 'efficientnet-lite0', 'efficientnet-edgetpu-S',
+#   'efficientnetv2-s'): stem/conv2d + stem/tpu_batch_normalization, blocks_N/ (N global, 0-based), head/conv2d +
+#   head/tpu_batch_normalization, head/dense/{kernel [C, classes], bias}. Released V2 checkpoints name the classifier
+#   head/dense; the automl code run as a TF1 graph today writes head_1/dense (its dense sits in a second 'head' name
+#   scope): both are read.
+# - Inside a block, convs are named in call order conv2d, conv2d_1, ... and BNs tpu_batch_normalization, _1, _2
+#   (expand, depthwise, project); the depthwise kernel is depthwise_conv2d/depthwise_kernel [k, k, C, 1]; SE convs
+#   se/conv2d, se/conv2d_1 with biases. Kernels are HWIO, like ours.
+# - main.py keeps tf.train.ExponentialMovingAverage shadows of the trainable variables and the BN moving mean and
+#   variance, saved as NAME/ExponentialMovingAverage, and evaluates with them; the optimizer's slots (NAME/RMSProp,
+#   NAME/RMSProp_1, ...) and global_step are in the checkpoint too and are not weights. EfficientNet-L2's release
+#   holds the EMA tensors only.
+_TF_EMA = '/ExponentialMovingAverage'
+_TF_SLOT = re.compile(r'/(RMSProp|Momentum|Adam|LARS|ExponentialMovingAverage)(_\d+)?$')
+_TF_STEM = re.compile(r'^(.+)/stem/conv2d/kernel(/ExponentialMovingAverage)?$')
+
+
+def _tf_block_entries(block, prefix: str, bn_name: str):
+  """(checkpoint name, our path, kind) for one block: convs and BNs numbered in call order."""
+  spec, o = block.spec, f'blocks_{block.index}'
+  numbered = lambda base, i: f'{prefix}/{base}' + (f'_{i}' if i else '')  # noqa: E731
+  out, convs, bns = [], 0, 0
+  if spec.expand_ratio != 1:
+    out += _conv(K, numbered('conv2d', 0), f'{o}/expand_conv') + _bn(K, numbered(bn_name, 0), f'{o}/expand_bn')
+    convs, bns = 1, 1
+  if not spec.fused:
+    out += (_conv(K, f'{prefix}/depthwise_conv2d', f'{o}/dw_conv', _KERAS_DEPTHWISE, kernel='depthwise_kernel') +
+            _bn(K, numbered(bn_name, bns), f'{o}/dw_bn'))
+    bns += 1
+  if spec.se_ratio:
+    out += (_conv(K, f'{prefix}/se/conv2d', f'{o}/se/reduce', bias=True) +
+            _conv(K, f'{prefix}/se/conv2d_1', f'{o}/se/expand', bias=True))
+  return (out + _conv(K, numbered('conv2d', convs), f'{o}/project_conv') +
+          _bn(K, numbered(bn_name, bns), f'{o}/project_bn'))
+
+
+def _tf_entries(model_config, with_classifier: bool, scope: str, bn_name: str, dense: str):
+  blocks, _, _ = model_blocks(model_config)
+  out = _conv(K, f'{scope}/stem/conv2d', 'stem_conv') + _bn(K, f'{scope}/stem/{bn_name}', 'stem_bn')
+  for blk in blocks:
+    out += _tf_block_entries(blk, f'{scope}/blocks_{blk.index}', bn_name)
+  out += _conv(K, f'{scope}/head/conv2d', 'head_conv') + _bn(K, f'{scope}/head/{bn_name}', 'head_bn')
+  if with_classifier:
+    out += [(f'{scope}/{dense}/kernel', ('params', 'head_dense', 'kernel'), _DENSE),
+            (f'{scope}/{dense}/bias', ('params', 'head_dense', 'bias'), _VECTOR)]
+  return out
+
+
+def _tf_reader(path: str):
+  """A checkpoint reader for a prefix ('.../model.ckpt-1000') or a folder: the newest checkpoint its "checkpoint"
+  file names, else its only *.index (the released .tgz files hold e.g. model.ckpt.index and no step number)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (only this converter needs TensorFlow)
+  path = os.fspath(path)
+  prefix = path
+  if os.path.isdir(path):
+    indexes = sorted(f[:-len('.index')] for f in os.listdir(path) if f.endswith('.index'))
+    prefix = tf.train.latest_checkpoint(path) or (os.path.join(path, indexes[0]) if len(indexes) == 1 else None)
+  if not prefix or not os.path.exists(prefix + '.index'):
+    raise ValueError(f'path={path!r}: no TF checkpoint there (expected a checkpoint prefix such as '
+                     f'.../model.ckpt-NNN whose .index file exists, or a folder with a "checkpoint" file or a '
+                     f'single *.index)')
+  return tf.train.load_checkpoint(prefix), prefix
+
+
+def _tf_layout(names, prefix: str):
+  """(scope, BN layer name, classifier layer) of an official checkpoint's variable names."""
+  scopes = sorted({m.group(1) for m in map(_TF_STEM.match, names) if m})
+  if len(scopes) != 1:
+    found = f'several: {scopes}' if scopes else 'none'
+    raise ValueError(f'TF checkpoint {prefix!r}: expected exactly one SCOPE/stem/conv2d/kernel (the variable names '
+                     f'of tensorflow/tpu or google/automl main.py; object-based Keras checkpoints are not read), '
+                     f'found {found}')
+  scope = scopes[0]
+  base = lambda n: n[:-len(_TF_EMA)] if n.endswith(_TF_EMA) else n  # noqa: E731
+  plain = {base(n) for n in names}
+  bn_name = 'tpu_batch_normalization' if f'{scope}/stem/tpu_batch_normalization/gamma' in plain else \
+      'batch_normalization'
+  dense = 'head/dense' if f'{scope}/head/dense/kernel' in plain else 'head_1/dense'
+  return scope, bn_name, dense
+
+
+def tf_checkpoint_weights(path, ema: bool = True) -> tuple[dict[str, np.ndarray], str]:
+  """({variable name: array}, checkpoint prefix) of an official TF checkpoint's model variables.
+
+  ema=True takes each variable's NAME/ExponentialMovingAverage shadow (what the official eval restores) and logs
+  the variables that have none (they keep their raw value); a checkpoint without any shadow is refused (pass
+  ema=False). ema=False takes the raw values; a variable saved only as a shadow (EfficientNet-L2) is refused.
+  Optimizer slots and anything outside the model's scope are left out."""
+  reader, prefix = _tf_reader(path)
+  names = list(reader.get_variable_to_shape_map())
+  scope, _, _ = _tf_layout(names, prefix)
+  model = {n for n in names if n.startswith(scope + '/')}
+  raw = {n for n in model if not _TF_SLOT.search(n)}
+  shadowed = {n[:-len(_TF_EMA)] for n in model if n.endswith(_TF_EMA)}
+  if ema and not shadowed:
+    raise ValueError(f'TF checkpoint {prefix!r} has no {_TF_EMA[1:]} variables (trained without EMA?); pass '
+                     'ema=False to convert its raw weights')
+  if not ema and shadowed - raw:
+    missing = sorted(shadowed - raw)
+    raise ValueError(f'TF checkpoint {prefix!r} holds only the EMA shadow of {len(missing)} variables (e.g. '
+                     f'{missing[0]!r}; EfficientNet-L2 is released like that): convert it with ema=True')
+  if ema:
+    lacking = sorted(raw - shadowed)
+    if lacking:
+      logging.warning('TF checkpoint %s: %d variables have no EMA shadow and are taken raw: %s', prefix,
+                      len(lacking), ', '.join(lacking))
+    return {n: reader.get_tensor(n + _TF_EMA if n in shadowed else n) for n in sorted(raw | shadowed)}, prefix
+  return {n: reader.get_tensor(n) for n in sorted(raw)}, prefix
+
+
+def from_tf_checkpoint(path, model_config, ema: bool = True, image_size: int = 64) -> dict:
+  """Maps an official TF checkpoint (tensorflow/tpu EfficientNet / Lite / EdgeTPU, google/automl EfficientNetV2, as
+  their main.py saves it) onto the variables of `build_model(model_config)`.
+
+  `path`: a checkpoint prefix ('.../model.ckpt-NNN') or its folder. ema=True (default): the EMA shadows, which the
+  official eval uses and the published accuracies come from; ema=False: the raw weights (`tf_checkpoint_weights`).
+  The official models pad as TF 'SAME' with BN epsilon 1e-3: the config must say so. Returns
+  `{'params', 'batch_stats'}` like `from_timm`, raising ValueError that names the first checkpoint variable that
+  does not fit (missing, extra, or of another shape) in forward order.
+  """
+  wrong = {k: v for k, v in (('padding', 'same'), ('bn_epsilon', 1e-3)) if model_config[k] != v}
+  if wrong:
+    raise ValueError('the official TF EfficientNets pad as TF "SAME" with BN epsilon 1e-3: their weights need ' +
+                     ', '.join(f'model.{k}={v!r} (got {model_config[k]!r})' for k, v in wrong.items()))
+  weights, prefix = tf_checkpoint_weights(path, ema)
+  scope, bn_name, dense = _tf_layout(list(weights), prefix)
+  module = build_model(model_config)
+  expected = _flatten(abstract_variables(module.clone(scan_blocks=False), image_size))
+  with_classifier = ('params', 'head_dense', 'kernel') in expected
+  entries = _tf_entries(model_config, with_classifier, scope, bn_name, dense)
+  out = _assign(entries, weights, expected, ('TF checkpoint variable', 'checkpoint'))
   return scan_variables(out, module) if module.scan_blocks else out

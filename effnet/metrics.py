@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from typing import Any, Mapping
 
@@ -53,7 +52,8 @@ def write_json(path: str, data: Mapping[str, Any]) -> None:
   """Writes a JSON file atomically (tmp + rename) from host 0."""
   if jax.process_index() != 0:
     return
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(data, f, indent=2, sort_keys=True, default=float)
-  os.replace(tmp, path)
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  target = epath.Path(path)  # a gs:// workdir's files go to the bucket, not to a local folder named 'gs:'
+  tmp = target.with_name(target.name + '.tmp')
+  tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=float))
+  tmp.replace(target)

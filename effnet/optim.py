@@ -248,6 +248,40 @@ def ema_update(ema_tree, new_tree, step, decay: float):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# Frozen backbone (fine-tuning)
+# ----------------------------------------------------------------------------------------------------------------------
+FREEZE_MODES = ('none', 'backbone')
+CLASSIFIER = 'head_dense'  # the final Dense: what trains when the backbone is frozen
+
+
+def freeze_labels(params, mode: str = 'backbone'):
+  """A pytree of 'train' / 'frozen' labels like ``params`` for ``optax.multi_transform``: with 'backbone' only the
+  classifier (``head_dense``) trains; with 'none' everything does."""
+  if mode not in FREEZE_MODES:  # plain-value callers (notebooks); a config's value is checked by config_lib
+    raise ValueError(f'train.freeze={mode!r}; allowed: {FREEZE_MODES}')
+
+  def label(path, _):
+    return 'train' if mode == 'none' or CLASSIFIER in _path_names(path) else 'frozen'
+
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def with_freeze(tx: optax.GradientTransformation, mode: str) -> optax.GradientTransformation:
+  """``tx`` for the trained parameters, ``optax.set_to_zero`` for the frozen ones (``train.freeze``).
+
+  A frozen parameter gets a zero update, its coupled L2 gradient included, so it and its EMA copy stay bit for bit
+  what they were initialised with, and it has no optimizer slots. BatchNorm is not frozen: as with the official
+  fine-tuning code's only way to train a subset of variables (automl efficientnetv2 ``train.varsexp``, a filter of the
+  variables the optimizer updates), the network still runs in training mode, so batch statistics normalise and the
+  moving statistics keep updating (README "Fine-tuning").
+  """
+  if mode == 'none':
+    return tx
+  return optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()},
+                               lambda params: freeze_labels(params, mode))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # From config
 # ----------------------------------------------------------------------------------------------------------------------
 def scaled_base_lr(lr_base: float, global_batch: int) -> float:

@@ -35,7 +35,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   workdir = os.fspath(workdir)
   workdir_lib.check_usable(workdir)  # a file or an unwritable directory: named here, not as a bare OSError later
   parallel.initialize_distributed(config.distributed)
-  os.makedirs(workdir, exist_ok=True)
+  workdir_lib.as_path(workdir).mkdir(parents=True, exist_ok=True)  # local or gs:// alike
   with workdir_lib.hold(workdir):  # process 0 holds the workdir: a second run on it fails here, naming the holder
     with parallel.compilation_cache(config.train.compile_cache_dir or os.path.join(workdir, 'jax_cache')):
       return _train_and_evaluate(config, workdir)
@@ -132,6 +132,7 @@ def _setup(config, workdir: str) -> _Run:
   lr_scale = progressive.lr_scale_schedule(stages, batch) if config.progressive.scale_batch else 1.0
   tx, lr_schedule = optim.build_optimizer(config.optim, batch, steps_per_epoch, total_steps, lr_scale=lr_scale,
                                           cosine_steps=schedule.lr_period_steps(config.train, n_train))
+  tx = optim.with_freeze(tx, config.train.freeze)  # train.freeze=backbone: only the classifier trains
   use_mixing = any(st.mixup_alpha > 0 or st.cutmix_alpha > 0 for st in stages)
   step_cfg = steps.StepConfig.from_config(config, models.DTYPES[config.model.dtype], use_mixing)
   train_step = steps.make_train_step(module, tx, lr_schedule, step_cfg)
@@ -142,7 +143,8 @@ def _setup(config, workdir: str) -> _Run:
       host_epoch_examples=pipeline.host_split_num_examples(builder, config.data.train_split, jax.process_index(),
                                                            jax.process_count()),
       module=module, tx=tx, step_cfg=step_cfg, abstract=abstract,
-      compiler=compile_lib.StepCompiler(train_step, eval_step, abstract, mesh, steps.hyper_defaults()),
+      compiler=compile_lib.StepCompiler(train_step, eval_step, abstract, mesh, steps.hyper_defaults(),
+                                        image_dtype=config.data.image_dtype),
       checkpointer=checkpointer,
       eval_data=pipeline.create_eval_dataset(config.data, global_batch_size=config.train.eval_batch_size,
                                              builder=builder),
@@ -181,7 +183,12 @@ def _restore_or_create(run: _Run):
   else:
     state = state_lib.create_train_state(run.module, run.tx, config.data.image_size, config.train.seed,
                                          parallel.replicated(run.mesh))
+    if config.train.init_from:  # only without a checkpoint of its own: a preempted fine-tune resumes, never restarts
+      state = _initialised_from(config, state, parallel.replicated(run.mesh))
     meta = {}
+  from effnet.data import bad_examples  # pylint: disable=g-import-not-at-top  (TF-free)
+  bad_examples.resume(meta.get('bad_examples'), config.data.train_split, run.host_epoch_examples,  # count on
+                      lambda step: schedule.examples_before(run.stages, step) // jax.process_count())
   loop = _Loop(step=int(state.step), best=dict(meta.get('best', {'minival_top1': -1.0, 'evals_since_best': 0})),
                stage_log=list(meta.get('stage_log', [])))
   loop.writer = metrics_lib.create_writer(run.workdir)
@@ -194,6 +201,39 @@ def _restore_or_create(run: _Run):
   loop.progress = metrics_lib.report_progress(run.total_steps, loop.writer)
   loop.flag = ckpt_lib.PreemptionFlag()
   return state, loop
+
+
+def _initialised_from(config, state, sharding):
+  """`state` with its weights and BN statistics (raw and EMA copies alike) read from train.init_from (its EMA
+  copies with train.init_ema, as automl's ft_init_ema). A classifier of another class count keeps its fresh
+  initialisation, said in the log; any other difference fails naming the variable (effnet.weights)."""
+  from effnet import weights  # pylint: disable=g-import-not-at-top
+  source, ema = os.path.expanduser(config.train.init_from), config.train.init_ema
+  stored_head = weights.classifier_shape(source, ema=ema)
+  fresh_kernel = state.params.get(weights.CLASSIFIER, {}).get('kernel')
+  fresh_head = None if fresh_kernel is None else tuple(fresh_kernel.shape)
+  skip_head = stored_head != fresh_head  # another class count: the classifier keeps its fresh initialisation
+  loaded = weights.load_variables(source, config, ema=ema, skip_head=skip_head)  # any other difference raises
+  if skip_head:
+    logging.warning('train.init_from: the source classifier %s kernel has shape %s, model.num_classes=%d needs %s: '
+                    'it is re-initialised', weights.CLASSIFIER, stored_head, config.model.num_classes, fresh_head)
+  logging.info('train.init_from: initialised from the %s weights of %s', 'EMA' if ema else 'raw', source)
+  # Each copy gets buffers of its own: the train step donates the state, and no buffer may appear in it twice.
+  return state.replace(params=_overlaid(state.params, loaded['params'], sharding),
+                       batch_stats=_overlaid(state.batch_stats, loaded['batch_stats'], sharding),
+                       ema_params=_overlaid(state.ema_params, loaded['params'], sharding),
+                       ema_batch_stats=_overlaid(state.ema_batch_stats, loaded['batch_stats'], sharding))
+
+
+def _overlaid(fresh, loaded: dict, sharding):
+  """`fresh` with every leaf that `loaded` holds (same path) replaced by it, in the fresh leaf's dtype."""
+  def pick(path, leaf):
+    node = loaded
+    for key in path:
+      node = node.get(key.key) if isinstance(node, dict) else None
+    return leaf if node is None else jax.device_put(node.astype(leaf.dtype), sharding)
+
+  return jax.tree_util.tree_map_with_path(pick, fresh)
 
 
 def _log_resume_changes(run: _Run, step: int, stored_config: Optional[dict], stored_facts: Optional[dict]) -> None:
@@ -356,8 +396,10 @@ def _log_train(run: _Run, loop: _Loop, stage, computed: dict, throughput) -> Non
 
 
 def _save(run: _Run, loop: _Loop, state, force: bool = False) -> None:
-  run.checkpointer.save(loop.step, state, meta={'best': loop.best, 'stage_log': loop.stage_log,
-                                                'run': run.resume_facts}, force=force)
+  from effnet.data import bad_examples  # pylint: disable=g-import-not-at-top  (TF-free)
+  run.checkpointer.save(loop.step, state, meta=lambda: {
+      'best': loop.best, 'stage_log': loop.stage_log, 'run': run.resume_facts,
+      'bad_examples': bad_examples.checkpoint_record(loop.step)}, force=force)
 
 
 def _timed_evals(run: _Run, loop: _Loop, state) -> dict[str, float]:

@@ -14,17 +14,20 @@ A lock whose holder is dead is taken over, with a logged warning:
 - another host (gs://, a shared disk): the holder rewrites the heartbeat every `heartbeat_s` seconds from a daemon
   thread; a lock whose heartbeat is older than `stale_after_s` (default 10 × `heartbeat_s`) is taken over.
 
-Guarantees and their limits:
+Guarantees and their limits (every store offers the same four conditional operations, `_LockStore`):
 - local / POSIX disk: creation is atomic (`os.open(O_CREAT | O_EXCL)`), so of two runs starting together exactly one
-  holds the lock. A takeover deletes the stale file only if it still has the bytes judged stale, under an flock of
-  the workdir directory, so two runs taking over one stale lock cannot both win. (O_EXCL is atomic on NFSv3+; where
-  flock is unavailable the takeover is unserialized and two simultaneous takeovers can, rarely, both win.)
-- gs://: there is no exclusive create in etils.epath. A run that finds no lock writes its own, waits `_GCS_SETTLE_S`
-  and reads it back: the last writer wins and the others fail. Two runs whose existence check and write both fall
-  inside that settle window can both believe they hold it; in practice runs start seconds to minutes apart, and this
-  catches the common mistake, but it is not a mutual-exclusion guarantee.
+  holds the lock. A takeover or heartbeat replaces the file only if it still has the bytes read before (the
+  "generation" of a local lock file is its text), under an flock of the workdir directory, so two runs taking over
+  one stale lock cannot both win. (O_EXCL is atomic on NFSv3+; where flock is unavailable the takeover is
+  unserialized and two simultaneous takeovers can, rarely, both win.)
+- gs://: the same guarantees from Cloud Storage's generation preconditions (google-cloud-storage): the lock is
+  created with `if_generation_match=0` (the write fails if the object exists), and a heartbeat, takeover or release
+  writes or deletes only `if_generation_match=<the generation read>`, so of two runs creating, or taking over one
+  stale lock, exactly one wins. Neither etils.epath nor tf.io.gfile offers a conditional write, so without
+  google-cloud-storage a gs:// workdir is refused (`check_usable`) rather than held with a racy lock. Other
+  schemes (s3://, ...) are refused the same way.
 - A holder that is alive but hung for longer than `stale_after_s` on another host loses the lock; its heartbeat
-  thread notices (the owner token changed), logs an error and stops rewriting. The lock does not stop that run.
+  thread notices (the lock changed under it), logs an error and stops rewriting. The lock does not stop that run.
 """
 from __future__ import annotations
 
@@ -35,18 +38,18 @@ import fcntl
 import json
 import logging
 import os
+import posixpath
 import secrets
 import socket
 import tempfile
 import threading
 import time
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional, Protocol
 
 LOCK_FILE = 'run.lock'
 DEFAULT_HEARTBEAT_S = 30.0
 STALE_FACTOR = 10          # default stale timeout = STALE_FACTOR × heartbeat interval
-_GCS_SETTLE_S = 2.0        # gs:// write → read-back delay (see the module docstring)
-_UNREADABLE_RETRIES = 10   # a lock file being written is briefly empty: re-read it for about a second
+_UNREADABLE_RETRIES = 10   # a local lock file being written is briefly empty: re-read it for about a second
 _ACQUIRE_ATTEMPTS = 5      # create / judge / take over rounds before giving up on a contended lock
 _HELD_TOKENS: set[str] = set()  # owner tokens this process holds: a second take in the same process is refused
 
@@ -73,7 +76,6 @@ class Holder:
   token: str
   started: float          # unix time the lock was taken
   heartbeat: float        # unix time of the last heartbeat
-  raw: str = ''           # the file's text as read: a takeover deletes the file only if it is still these bytes
 
   @classmethod
   def for_this_process(cls) -> 'Holder':
@@ -89,7 +91,7 @@ class Holder:
     """The holder in `text`, or None when it is not a complete lock file (being written, or damaged)."""
     try:
       d = json.loads(text)
-      return cls(str(d['host']), int(d['pid']), str(d['token']), float(d['started']), float(d['heartbeat']), text)
+      return cls(str(d['host']), int(d['pid']), str(d['token']), float(d['started']), float(d['heartbeat']))
     except (ValueError, KeyError, TypeError):
       return None
 
@@ -131,7 +133,7 @@ class WorkdirLock:
                        'larger than it (a live holder must get to rewrite its heartbeat before it looks stale)')
     self.heartbeat_s = heartbeat_s
     self.stale_after_s = stale_after_s if stale_after_s is not None else STALE_FACTOR * heartbeat_s
-    self._store = _GcsStore(workdir) if '://' in workdir else _LocalStore(workdir)
+    self._store = _store_for(workdir)
     self.path = self._store.path
     self.me = Holder.for_this_process()
     self._stop = threading.Event()
@@ -150,21 +152,27 @@ class WorkdirLock:
     logging.info('Holding workdir lock %s (host %s, pid %d).', self.path, self.me.host, self.me.pid)
 
   def _take(self) -> None:
+    """Create, or else judge the holder and take a stale lock over by a conditional replace: of several runs that
+    judged the same lock stale, only the first replace matches the generation they read; the others re-read and
+    find the winner alive."""
     for _ in range(_ACQUIRE_ATTEMPTS):
-      if self._store.create(self.me):
-        break
-      current = self._store.read()
-      if current is None:   # released or taken away between our attempt and the read: try again
+      if self._store.create_exclusive(self.me.to_text()):
+        return
+      seen = self._store.read()
+      if seen is None:   # released between our create and the read: try again
         continue
+      current = _holder_of(seen)
+      if current.token == self.me.token:  # our create landed though its reply was lost (a retried request)
+        return
       reason = _stale_reason(current, self.stale_after_s)
       if reason is None:
         raise WorkdirBusyError(self.path, current, self.stale_after_s)
       logging.warning('Taking over the workdir lock %s from host %s pid %s (started %s): %s.', self.path,
                       current.host, current.pid, _utc(current.started), reason)
-      self._store.remove_if_unchanged(current)
-    else:
-      raise RuntimeError(f'could not take the workdir lock {self.path} in {_ACQUIRE_ATTEMPTS} attempts: other runs '
-                         'keep creating and removing it. Start one run per workdir.')
+      if self._store.replace_if(self.me.to_text(), seen.generation):
+        return
+    raise RuntimeError(f'could not take the workdir lock {self.path} in {_ACQUIRE_ATTEMPTS} attempts: other runs '
+                       'keep creating and removing it. Start one run per workdir.')
 
   def release(self) -> None:
     """Stops the heartbeat and deletes the lock file if it is still ours (a takeover may have replaced it)."""
@@ -172,22 +180,39 @@ class WorkdirLock:
     if self._thread is not None:
       self._thread.join(timeout=10)
     _HELD_TOKENS.discard(self.me.token)
-    current = self._store.read()
-    if current is not None and current.token == self.me.token:
-      self._store.remove_if_unchanged(current)
+    seen = self._store.read()
+    if seen is not None and _holder_of(seen).token == self.me.token:
+      self._store.delete_if(seen.generation)
 
   def _beat(self) -> None:
     """Rewrites the heartbeat every heartbeat_s until released; stops (logging an error) if the lock was taken."""
     while not self._stop.wait(self.heartbeat_s):
       try:
-        beat = dataclasses.replace(self.me, heartbeat=time.time())
-        if not self._store.rewrite_if_ours(beat):
+        if not self._rewrite_heartbeat():
           logging.error('Lost the workdir lock %s: another run took it over (%s); two runs may now share the '
                         'workdir.', self.path, self._store.read())
           return
-        self.me = beat
       except OSError as e:  # a transient storage error: the next beat tries again
         logging.warning('Workdir lock heartbeat on %s failed: %s', self.path, e)
+
+  def _rewrite_heartbeat(self) -> bool:
+    """One heartbeat: replaces the lock only if it is still the version we read and holds our token."""
+    seen = self._store.read()
+    if seen is None or _holder_of(seen).token != self.me.token:
+      return False
+    beat = dataclasses.replace(self.me, heartbeat=time.time())
+    if not self._store.replace_if(beat.to_text(), seen.generation):
+      again = self._store.read()  # a retried request whose first try landed also fails its precondition
+      if again is None or again.text != beat.to_text():
+        return False
+    self.me = beat
+    return True
+
+
+def _holder_of(seen: 'Seen') -> Holder:
+  """The holder a lock file names; a file that does not parse (damaged) counts as a foreign holder whose last sign
+  of life is the file's write time, so it is taken over once that is `stale_after_s` old."""
+  return Holder.from_text(seen.text) or Holder('<unreadable lock file>', -1, '', seen.written_at, seen.written_at)
 
 
 def _stale_reason(holder: Holder, stale_after_s: float) -> Optional[str]:
@@ -232,25 +257,63 @@ def _pid_started_after(pid: int, t: float, slack_s: float = 2.0) -> bool:
   return boot + start_ticks / os.sysconf('SC_CLK_TCK') > t + slack_s
 
 
+@dataclasses.dataclass(frozen=True)
+class Seen:
+  """One read of the lock file: its text, the generation a conditional replace or delete must match, and when it
+  was written (unix time)."""
+  text: str
+  generation: Any
+  written_at: float
+
+
+class _LockStore(Protocol):
+  """Where a lock file lives. The lock's safety rests on these four operations being atomic and conditional."""
+  path: str
+
+  def create_exclusive(self, text: str) -> bool:
+    """Creates the lock file holding `text`; False (and nothing written) if it exists."""
+
+  def read(self) -> Optional[Seen]:
+    """The lock file as it is now, or None if there is none."""
+
+  def replace_if(self, text: str, generation) -> bool:
+    """Replaces the lock file by `text` if it is still at `generation`; False (and nothing written) otherwise."""
+
+  def delete_if(self, generation) -> bool:
+    """Deletes the lock file if it is still at `generation`; False otherwise."""
+
+
+def _store_for(workdir: str) -> _LockStore:
+  """The lock store of `workdir`: a local (or network) disk, or a gs:// bucket; any other scheme is refused."""
+  scheme = workdir.split('://', 1)[0] if '://' in workdir else ''
+  if not scheme:
+    return _LocalStore(workdir)
+  if scheme == 'gs':
+    return _GcsStore(workdir, _gcs_client(workdir))
+  raise ValueError(f'workdir={workdir!r}: no atomic lock for {scheme}:// paths; allowed: a local or network-disk '
+                   'path, or gs://bucket/path')
+
+
 class _LocalStore:
-  """The lock file on a POSIX file system: exclusive create; rewrite and takeover under a workdir flock."""
+  """The lock file on a POSIX file system: exclusive create; replace and delete under a workdir flock, only while
+  the file still has the text read before (the text is the generation: every heartbeat changes it)."""
 
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, LOCK_FILE)
 
-  def create(self, holder: Holder) -> bool:
+  def create_exclusive(self, text: str) -> bool:
     try:
       fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
       return False
     with os.fdopen(fd, 'w') as f:
-      f.write(holder.to_text())
+      f.write(text)
       f.flush()
       os.fsync(f.fileno())
     return True
 
-  def read(self) -> Optional[Holder]:
-    """The holder, None if there is no lock file; an unreadable file counts as a foreign holder alive at its mtime."""
+  def read(self) -> Optional[Seen]:
+    """The file; one that does not parse yet (being written by `create_exclusive`) is re-read for about a second."""
     for _ in range(_UNREADABLE_RETRIES):
       try:
         with open(self.path) as f:
@@ -258,35 +321,34 @@ class _LocalStore:
         mtime = os.stat(self.path).st_mtime
       except FileNotFoundError:
         return None
-      holder = Holder.from_text(text)
-      if holder is not None:
-        return holder
+      if Holder.from_text(text) is not None:
+        break
       time.sleep(0.1)
-    return Holder('<unreadable lock file>', -1, '', mtime, mtime, text)
+    return Seen(text, text, mtime)
 
-  def rewrite_if_ours(self, holder: Holder) -> bool:
-    """Replaces the lock file (atomically) by `holder` if it still has holder's token; False if it was taken."""
+  def replace_if(self, text: str, generation) -> bool:
     with self._workdir_flock():
-      current = self.read()
-      if current is None or current.token != holder.token:
+      if self._text() != generation:
         return False
-      tmp = f'{self.path}.{holder.token}.tmp'
+      tmp = f'{self.path}.{secrets.token_hex(4)}.tmp'
       with open(tmp, 'w') as f:
-        f.write(holder.to_text())
+        f.write(text)
       os.replace(tmp, self.path)
     return True
 
-  def remove_if_unchanged(self, seen: Holder) -> None:
-    """Deletes the lock file if it is still `seen` (same bytes), serialized with other takers of this workdir: a run
-    that judged the old lock stale must not delete the fresh lock another taker has just created."""
+  def delete_if(self, generation) -> bool:
     with self._workdir_flock():
-      try:
-        with open(self.path) as f:
-          unchanged = f.read() == seen.raw
-      except FileNotFoundError:
-        return
-      if unchanged:
-        os.unlink(self.path)
+      if self._text() != generation:
+        return False
+      os.unlink(self.path)
+    return True
+
+  def _text(self) -> Optional[str]:
+    try:
+      with open(self.path) as f:
+        return f.read()
+    except FileNotFoundError:
+      return None
 
   @contextlib.contextmanager
   def _workdir_flock(self) -> Iterator[None]:
@@ -303,43 +365,64 @@ class _LocalStore:
       os.close(fd)  # closing the descriptor releases the flock
 
 
+def _gcs_client(workdir: str):
+  """A google-cloud-storage client (credentials from the environment: the TPU VM's service account, or
+  `gcloud auth application-default login`); a clear error when the package is missing."""
+  try:
+    from google.cloud import storage  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ValueError(_NO_GCS_CLIENT.format(workdir=workdir)) from None
+  return storage.Client()
+
+
+_NO_GCS_CLIENT = ('workdir={workdir!r}: holding a gs:// workdir needs the google-cloud-storage package (its '
+                  'generation preconditions make the workdir lock atomic; orbax also needs it for gs:// '
+                  'checkpoints), and it is not installed: pip install -r requirements.txt; allowed: a local path, or '
+                  'gs://bucket/path with google-cloud-storage installed')
+
+
 class _GcsStore:
-  """The lock file on gs:// (etils.epath): write, settle, read back; see the module docstring for the race."""
+  """The lock object on Cloud Storage, every write and delete conditional on the object's generation."""
 
-  def __init__(self, workdir: str):
-    from etils import epath  # pylint: disable=g-import-not-at-top
-    self._file = epath.Path(workdir) / LOCK_FILE
-    self.path = os.fspath(self._file)
+  def __init__(self, workdir: str, client):
+    from google.api_core import exceptions  # pylint: disable=g-import-not-at-top
+    self._lost = (exceptions.PreconditionFailed, exceptions.NotFound)
+    bucket_name, _, prefix = workdir.split('://', 1)[1].partition('/')
+    self._name = posixpath.join(prefix.strip('/'), LOCK_FILE)
+    self._bucket = client.bucket(bucket_name)
+    self.path = f'gs://{bucket_name}/{self._name}'
 
-  def create(self, holder: Holder) -> bool:
-    if self._file.exists():
-      return False
-    self._file.write_text(holder.to_text())
-    time.sleep(_GCS_SETTLE_S)
-    current = self.read()
-    return current is not None and current.token == holder.token
+  def create_exclusive(self, text: str) -> bool:
+    return self.replace_if(text, 0)  # generation 0 matches only an object that does not exist
 
-  def read(self) -> Optional[Holder]:
-    """The holder, None if there is no lock file; an unreadable object counts as long dead (uploads are atomic)."""
+  def read(self) -> Optional[Seen]:
+    """The object's text and generation, read as one version: the download must match the generation just
+    listed; if the object changed in between, read again."""
+    for _ in range(_UNREADABLE_RETRIES):
+      blob = self._bucket.get_blob(self._name)
+      if blob is None:
+        return None
+      try:
+        data = blob.download_as_bytes(if_generation_match=blob.generation)
+      except self._lost:
+        continue
+      return Seen(data.decode('utf-8', 'replace'), blob.generation, blob.updated.timestamp())
+    raise OSError(f'workdir lock {self.path} changed {_UNREADABLE_RETRIES} times while it was read')
+
+  def replace_if(self, text: str, generation) -> bool:
     try:
-      text = self._file.read_text() if self._file.exists() else None
-    except FileNotFoundError:
-      text = None
-    if text is None:
-      return None
-    return Holder.from_text(text) or Holder('<unreadable lock file>', -1, '', 0.0, 0.0, text)
-
-  def rewrite_if_ours(self, holder: Holder) -> bool:
-    current = self.read()
-    if current is None or current.token != holder.token:
+      self._bucket.blob(self._name).upload_from_string(text, content_type='application/json',
+                                                       if_generation_match=generation)
+    except self._lost:
       return False
-    self._file.write_text(holder.to_text())
     return True
 
-  def remove_if_unchanged(self, seen: Holder) -> None:
-    current = self.read()
-    if current is not None and current.raw == seen.raw:
-      self._file.unlink(missing_ok=True)
+  def delete_if(self, generation) -> bool:
+    try:
+      self._bucket.blob(self._name).delete(if_generation_match=generation)
+    except self._lost:
+      return False
+    return True
 
 
 def as_path(path):
@@ -355,8 +438,10 @@ def check_usable(workdir: str) -> None:
 
   Why: called before anything loads, so the mistake fails in a second instead of as a bare OSError after the
   config, the devices and the dataset were set up. Creates nothing (the probe file is gone when this returns).
-  Remote paths (gs://) are left to their first write."""
+  A remote path is checked for a lock store only (gs:// with google-cloud-storage); its writes are left to the
+  first one."""
   if '://' in str(workdir):
+    _check_remote(str(workdir))
     return
   allowed = 'allowed: a directory (existing, or to be created) this user can write'
   path = os.path.abspath(workdir)
@@ -373,3 +458,14 @@ def check_usable(workdir: str) -> None:
   except OSError as e:
     raise ValueError(f'workdir={workdir!r} is not writable: cannot create a file in {existing} ({e.strerror}); '
                      f'{allowed}') from None
+
+
+def _check_remote(workdir: str) -> None:
+  """The `_store_for` refusals, without connecting: a scheme with no atomic lock, or gs:// without its client."""
+  scheme = workdir.split('://', 1)[0]
+  if scheme != 'gs':
+    _store_for(workdir)  # raises, naming the scheme
+  try:
+    from google.cloud import storage  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    raise ValueError(_NO_GCS_CLIENT.format(workdir=workdir)) from None

@@ -136,6 +136,9 @@ def write_csv(path, rows) -> None:
 
 SEED_KEY = "train.seed"
 SUMMARY_METRICS = ("eval_top1", "eval_raw_top1", "train_step_s", "compile_s", "switch_stall_s", "wall_s")
+# compare_to_first's columns: (markdown header, scale, format); the top-1 difference shown in points.
+RELATIVE_COLUMNS = {"eval_top1_vs_first": ("top-1 vs first (points)", 100.0, "{:+.2f}"),
+                    "train_step_s_vs_first": ("train_step_s ÷ first", 1.0, "{:.2f}")}
 
 
 def summarize(records: Sequence[dict], metrics: Sequence[str] = SUMMARY_METRICS) -> list[dict]:
@@ -163,6 +166,21 @@ def summarize(records: Sequence[dict], metrics: Sequence[str] = SUMMARY_METRICS)
       row[f"{m}_mean"] = statistics.fmean(vals)
       row[f"{m}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
     rows.append(row)
+  return compare_to_first(rows)
+
+
+def compare_to_first(rows: list[dict]) -> list[dict]:
+  """Adds `eval_top1_vs_first` (difference of the mean top-1s) and `train_step_s_vs_first` (ratio of the mean
+  train-step seconds) against the first setting, the sweep's reference (e.g. fixed size at the final size).
+
+  Why: the V2 paper's claim is a pair - accuracy kept, training time cut - so a sweep testing it states both as
+  computed figures, not as a reader's subtraction."""
+  first = rows[0] if rows else {}
+  for r in rows:
+    if "eval_top1_mean" in r and "eval_top1_mean" in first:
+      r["eval_top1_vs_first"] = r["eval_top1_mean"] - first["eval_top1_mean"]
+    if r.get("train_step_s_mean") is not None and first.get("train_step_s_mean"):
+      r["train_step_s_vs_first"] = r["train_step_s_mean"] / first["train_step_s_mean"]
   return rows
 
 
@@ -172,7 +190,9 @@ def write_summary(workdir_root: str, rows: Sequence[dict]) -> str:
   keys = list(dict.fromkeys(k for r in rows for k in r))
   write_csv(root / "summary.csv", [keys] + [[format_cell(r.get(k, "")) for k in keys] for r in rows])
   metrics = [m for m in SUMMARY_METRICS if any(f"{m}_mean" in r for r in rows)]
-  lines = ["| setting | runs | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
+  relative = [k for k in RELATIVE_COLUMNS if any(k in r for r in rows)]
+  header = metrics + [RELATIVE_COLUMNS[k][0] for k in relative]
+  lines = ["| setting | runs | " + " | ".join(header) + " |", "|---|---|" + "---|" * len(header)]
   for r in rows:
     cells = []
     for m in metrics:
@@ -181,6 +201,7 @@ def write_summary(workdir_root: str, rows: Sequence[dict]) -> str:
         continue
       scale, digits = (100.0, 2) if "top1" in m else (1.0, 1)
       cells.append(f"{r[f'{m}_mean'] * scale:.{digits}f} ± {r[f'{m}_std'] * scale:.{digits}f}")
+    cells += [RELATIVE_COLUMNS[k][2].format(r[k] * RELATIVE_COLUMNS[k][1]) if k in r else "" for k in relative]
     lines.append(f"| {r['setting']} | {r['runs']} | " + " | ".join(cells) + " |")
   text = "\n".join(lines) + "\n"
   (root / "summary.md").write_text(text)

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-from conftest import DIGITS_TEST_SIZE, REPO, tiny_config  # noqa: F401  (the tests read them through this module)
+from conftest import DIGITS_TEST_SIZE, JAX_CACHE_FLAGS, REPO, tiny_config  # noqa: F401  (read through here)
 
 PYTHON = sys.executable
 FINAL_PREFIX = 'FINAL_METRICS '

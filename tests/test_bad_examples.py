@@ -8,13 +8,16 @@ an undamaged dataset gives (the 'clean' twin has the same keys, so the same file
 must give with each bad slot refilled by the rule the pipeline documents.
 """
 import collections
+import json
 import logging
+import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+import _train_helpers as h
 from effnet import config_lib
 from effnet.data import bad_examples
 from effnet.data import pipeline
@@ -209,3 +212,68 @@ def test_bad_examples_field_is_validated():
   c.data.bad_examples = 'drop'
   with pytest.raises(ValueError, match=r"data.bad_examples='drop'; allowed: \('skip', 'fail'\)"):
     config_lib.validate(c)
+
+
+def test_checkpoint_record_counts_only_positions_before_the_step():
+  """The record and the summary at a step count the examples skipped before it, not those the pipeline read ahead;
+  a position read twice (the next stage's pipeline re-reading what the last one read ahead) counts once; `resume`
+  goes on from a record. Epochs of 40 examples, 8 a step."""
+  bad_examples.reset()
+  bad_examples.resume(None, 'train', 40, lambda step: 8 * step)
+  bad_examples.report('skip', 'train', 'train', [0, 0, 1], [3, 30, 2], [b'f__3', b'f__30', b'f__3'])
+  bad_examples.report('skip', 'train', 'train', [0], [30], [b'f__30'])  # read again after a stage switch
+  record = bad_examples.checkpoint_record(3)  # positions 3 | 30 and 40 + 2 were read ahead
+  assert record == {'hosts': [{'split': 'train', 'skipped': 1, 'records': ['f__3']}]}
+  assert bad_examples.counts() == {('train', 'train'): 3}  # as read
+  assert bad_examples.summary('train', 3) == ("data.bad_examples=skip: 1 undecodable train examples skipped so far "
+                                              "on this host (split 'train': 1 (1 distinct records))")
+  bad_examples.resume(record, 'train', 40, lambda step: 8 * step)  # resumed at step 3: meets 30 and 40 + 2 again
+  bad_examples.report('skip', 'train', 'train', [0, 1], [30, 2], [b'f__30', b'f__3'])
+  assert bad_examples.checkpoint_record(5) == {'hosts': [{'split': 'train', 'skipped': 2,
+                                                         'records': ['f__3', 'f__30']}]}
+  assert bad_examples.summary('train', 6) == (
+      "data.bad_examples=skip: 3 undecodable train examples skipped since the run began, 1 of them before its "
+      "last resume on this host (split 'train': 3 (2 distinct records))")
+  bad_examples.reset()
+
+
+def _stored_record(workdir, step):
+  with open(os.path.join(workdir, 'checkpoints', str(step), 'meta', 'metadata')) as f:
+    return json.load(f)['bad_examples']['hosts'][0]
+
+
+def test_resumed_run_counts_on_from_its_checkpoint(data_dir, two_epochs, tmp_path, jax_cache_dir, monkeypatch,
+                                                   restore_jax_config):
+  """A run that skipped a bad example before its checkpoint, then resumed: the count goes on from the checkpoint,
+  and the resumed run ends with what its two epochs hold (2 bad examples × 2), no more (read ahead) and no less
+  (the restart). The first run is stopped as a preemption would stop it: same config, so the second compiles
+  nothing new, and no final eval."""
+  from effnet import checkpoint, train
+  config = h.tiny_config({'data.name': 'bad_examples_set/damaged', 'data.data_dir': data_dir,
+                          'data.train_split': 'train', 'data.eval_split': 'test', 'data.shuffle_buffer': 64,
+                          'data.shuffle_files': False, 'train.compile_cache_dir': jax_cache_dir,
+                          'train.total_steps': 2 * NUM_TRAIN // 16, 'train.batch_size': 16})
+  # The reference: where the bad keys sit in the stream (the undamaged twin read with the same seed and shuffle).
+  assert config.train.seed == 0
+  order = [k for b in two_epochs['clean'] for k in keys_of(b['image']).tolist()]
+  bad_positions = [p for p, k in enumerate(order) if k in BAD_TRAIN]
+  assert len(order) == 2 * NUM_TRAIN and len(bad_positions) == 4
+  cut = bad_positions[0] // 16 + 1  # the first step after the first bad example
+  before = sum(p < cut * 16 for p in bad_positions)
+  ids = record_ids(data_dir, 'train')
+
+  with monkeypatch.context() as m:
+    m.setattr(checkpoint, 'should_stop', lambda flag, ckpt, step, sync: step >= cut)
+    assert train.train_and_evaluate(config, str(tmp_path))['stopped'] == 'preempted'
+  assert _stored_record(tmp_path, cut) == {'split': 'train', 'skipped': before,
+                                           'records': sorted({ids[order[p]] for p in bad_positions[:before]})}
+  _, messages = logged(train.train_and_evaluate, config, str(tmp_path))
+  assert _stored_record(tmp_path, config.train.total_steps) == {'split': 'train', 'skipped': 4,
+                                                                'records': sorted(ids[k] for k in BAD_TRAIN)}
+  at_restore = (f'data.bad_examples: data.bad_examples=skip: {before} undecodable train examples skipped since the '
+                f'run began, {before} of them before its last resume on this host')
+  assert any(m.startswith(at_restore) for m in messages), messages
+  at_end = (f'step {config.train.total_steps}: data.bad_examples=skip: 4 undecodable train examples skipped since '
+            f"the run began, {before} of them before its last resume on this host (split 'train': 4 (2 distinct "
+            "records))")  # the examples trained on: the pipeline has read further
+  assert at_end in messages, [m for m in messages if 'undecodable train' in m]

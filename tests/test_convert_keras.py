@@ -151,7 +151,7 @@ def test_cli_arguments_are_checked_before_loading(tmp_path):
   spec = os.path.join(REPO, 'configs/efficientnet.py:b0')
   (tmp_path / 'full').mkdir()
   (tmp_path / 'full' / 'x').write_text('')
-  cases = {'tf:/ckpt': 'not supported yet', 'onnx:m': 'allowed kinds', 'keras:/no/such.keras': 'existing .keras',
+  cases = {'tf:/ckpt': 'existing TF checkpoint', 'onnx:m': 'allowed kinds', 'keras:/no/such.keras': 'existing .keras',
            'timm:efficientnet_x_b3': 'EfficientNet-X/H'}
   for source, why in cases.items():
     with pytest.raises(ValueError, match=why):

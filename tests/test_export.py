@@ -1,13 +1,16 @@
-"""effnet.tools.export: SavedModel and TF Lite files run by TF / the TF Lite interpreter against the JAX model.
+"""effnet.tools.export: SavedModel, TF Lite and ONNX files run by TF / LiteRT / onnxruntime against the JAX model.
 
 References are the Flax module's own `apply` (and effnet.data.normalize for uint8 serving), not the exported
 function; the tiny model at 32 px keeps each export to a few seconds. The int8 check on a trained demo model is
 tests/data/export_int8_agreement.py (README "Export" has its figure); here int8 conversion runs on random weights.
 """
+import importlib.util
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import onnx
 import pytest
 
 from conftest import REPO, tiny_config
@@ -44,19 +47,23 @@ def _export_saved_and_tflite(config, module, variables, tmp_path, **kw):
   opts = ex.ExportOptions(weights='none', format='tflite', out=str(tmp_path / 'm.tflite'), **kw)
   ex.check_options(opts)
   saved = str(tmp_path / 'saved')
-  ex.save_saved_model(ex.serving_function(module, config, opts), variables, 32, opts, saved)
+  ex.save_saved_model(ex.serving_function(ex.serving_module(module), config, opts), variables, 32, opts, saved)
   ex.save_tflite(saved, opts.out)
   return saved, opts.out
 
 
-def test_float_logits_saved_model_and_tflite_dynamic_batch(model_and_variables, tmp_path):
+def test_float_logits_saved_model_tflite_onnx_dynamic_batch(model_and_variables, tmp_path):
   config, module, variables = model_and_variables
   saved, tflite = _export_saved_and_tflite(config, module, variables, tmp_path)
+  onnx_opts = ex.ExportOptions(weights='none', format='onnx', out=str(tmp_path / 'm.onnx'))
+  ex.check_options(onnx_opts)
+  ex.export(config, onnx_opts)  # the command line's path: random init (seed 0), the same weights as the fixture's
   x = np.asarray(data.normalize(_images(3), config.data.normalization))
   want = np.asarray(module.apply(variables, x, train=False))
   for batch in (1, 3):  # one file, two batch sizes: the batch dimension is dynamic
     assert _rel_error(ex.run_saved_model(saved, x[:batch]), want[:batch]) <= 1e-4
     assert _rel_error(ex.run_tflite(tflite, x[:batch]), want[:batch]) <= 1e-4
+    assert _rel_error(ex.run_onnx(onnx_opts.out, x[:batch]), want[:batch]) <= 1e-4  # measured 4.7e-07
 
 
 def test_uint8_serving_features(model_and_variables, tmp_path):
@@ -69,8 +76,15 @@ def test_uint8_serving_features(model_and_variables, tmp_path):
                              return_features=True)
   want = np.asarray(features['pooled'])
   assert want.shape == (3, 64)
-  for run in (ex.run_saved_model, ex.run_tflite):
-    got = run(saved if run is ex.run_saved_model else tflite, images)
+  onnx_opts = ex.ExportOptions(weights='none', format='onnx', out=str(tmp_path / 'm.onnx'), serving='uint8',
+                               output='features')
+  # A bfloat16 model (the ImageNet configs' dtype) still gives a float32 graph, equal to the float32 reference.
+  ex.save_onnx(ex.serving_module(module.clone(dtype=jnp.bfloat16)), variables, config, onnx_opts, onnx_opts.out)
+  (signature,) = onnx.load(onnx_opts.out).graph.input  # uint8 NHWC, the batch symbolic
+  assert signature.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+  assert [d.dim_param or d.dim_value for d in signature.type.tensor_type.shape.dim] == ['batch', 32, 32, 3]
+  for run, path in ((ex.run_saved_model, saved), (ex.run_tflite, tflite), (ex.run_onnx, onnx_opts.out)):
+    got = run(path, images)
     assert got.shape == (3, 64)
     assert _rel_error(got, want) <= 1e-4
 
@@ -86,7 +100,7 @@ def test_int8_tflite_from_eval_pipeline(model_and_variables, digits_dir, tmp_pat
   images = ex.representative_images(config, 32, opts)
   assert len(images) == 32 and images[0].shape == (32, 32, 3) and images[0].dtype == np.float32
   saved = str(tmp_path / 'saved')
-  ex.save_saved_model(ex.serving_function(module, config, opts), variables, 32, opts, saved)
+  ex.save_saved_model(ex.serving_function(ex.serving_module(module), config, opts), variables, 32, opts, saved)
   ex.save_tflite(saved, opts.out, images)
   x = np.stack(images)
   want = np.asarray(module.apply(variables, x, train=False))
@@ -120,8 +134,18 @@ def test_checkpoint_weights_ema_or_raw(tmp_path):
     ex.check_options(ex.ExportOptions(weights=str(tmp_path / 'work'), format='tflite', out='x.tflite', step=3))
 
 
+def test_onnx_without_jax2onnx_says_how_to_install(monkeypatch, tmp_path):
+  """jax2onnx is installed apart (requirements-onnx.txt, --no-deps): without it --format=onnx fails before loading."""
+  find_spec = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == 'jax2onnx' else find_spec(name, *a))
+  with pytest.raises(ValueError, match=r"--format='onnx'; allowed: saved_model \| tflite; onnx needs jax2onnx.*"
+                                       r"pip install --no-deps -r requirements-onnx.txt"):
+    ex.check_options(ex.ExportOptions(weights='none', format='onnx', out=str(tmp_path / 'm.onnx')))
+
+
 @pytest.mark.parametrize('args, message', [
-    (['--format=onnx'], "--format='onnx'; allowed: saved_model | tflite"),
+    (['--format=coreml'], "--format='coreml'; allowed: saved_model | tflite | onnx"),
+    (['--format=onnx', '--quantize=int8'], "--quantize='int8'; allowed: 'none' with --format=onnx"),
     (['--serving=int8'], "--serving='int8'; allowed: float | uint8"),
     (['--output=pooled'], "--output='pooled'; allowed: logits | features"),
     (['--quantize=int4'], "--quantize='int4'; allowed: none | int8"),

@@ -25,7 +25,6 @@ import pytest
 import _train_helpers as h
 from effnet import checkpoint, optim, steps, train
 from effnet import state as state_lib
-from test_train import restore_jax_config  # noqa: F401  (a fixture: puts JAX's compilation cache flags back)
 
 HANG_S = 240  # a run that has not failed by then hangs: faulthandler prints every thread's stack and ends pytest
 
@@ -53,7 +52,7 @@ def _nonfinite_in_step(step_dir: str) -> list[str]:
 
 
 def test_huge_learning_rate_stops_naming_the_step_and_no_checkpoint_holds_a_nonfinite_value(
-    tmp_path, digits_dir, jax_cache_dir, restore_jax_config):  # noqa: F811
+    tmp_path, digits_dir, jax_cache_dir, restore_jax_config):
   # lr = 1e20 × 16/256 × warm-up: the first updates throw the weights to ~1e18 and the loss overflows within a few
   # steps. Checks run at log steps (every 3rd), saves (async) at every step: the steps between the bad one and the
   # check are saved too, and must hold the state from before the bad update.
@@ -132,7 +131,7 @@ def small_disk(tmp_path):
 
 
 def test_full_disk_during_a_save_fails_clearly_and_keeps_the_previous_checkpoint(
-    tmp_path, small_disk, digits_dir, jax_cache_dir, monkeypatch, restore_jax_config):  # noqa: F811
+    tmp_path, small_disk, digits_dir, jax_cache_dir, monkeypatch, restore_jax_config):
   config = h.tiny_config(_overrides(digits_dir, jax_cache_dir, **{'train.total_steps': 6,
                                                                   'train.keep_checkpoints': 1}))
   handed = {}  # what the loop handed to the checkpointer, per step, as host arrays
@@ -163,3 +162,27 @@ def test_full_disk_during_a_save_fails_clearly_and_keeps_the_previous_checkpoint
   assert len(saved_leaves) == len(restored_leaves)
   for (path, a), b in zip(saved_leaves, restored_leaves):
     np.testing.assert_array_equal(b, a, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize('surfaces_at', ['next_step', 'wait', 'close'])
+def test_a_late_async_save_failure_surfaces_naming_its_step(small_disk, surfaces_at):
+  """The disk fills while the background thread writes step 4 and the loop has moved on: the failure raises at the
+  next step (not only at the next saving step, 8), or at wait/close, naming step 4; nothing raises twice."""
+  ckpt = checkpoint.Checkpointer(str(small_disk), keep=1, every_steps=4, use_async=True)
+  noise = lambda step: {'w': jnp.asarray(np.random.default_rng(step).standard_normal(80_000, dtype=np.float32))}
+  assert ckpt.save(1, noise(1))  # 320 KB (incompressible): fits the 600 KiB disk once, not twice
+  ckpt.wait()
+  assert ckpt.save(4, noise(4))
+  with pytest.raises(checkpoint.CheckpointWriteError) as e:
+    if surfaces_at == 'next_step':
+      deadline = time.monotonic() + 30
+      for step in range(5, 8):  # steps 5-7 save nothing; each polls the finished background save
+        while time.monotonic() < deadline and not ckpt.save(step, noise(step)):
+          time.sleep(0.05)  # the same step again: the write may still be running
+    else:
+      getattr(ckpt, surfaces_at)()
+  assert e.value.errno == errno.ENOSPC
+  assert f'checkpoint step 4 could not be written to {small_disk}: the disk is full' in str(e.value)
+  assert 'step 1, is untouched' in str(e.value)
+  ckpt.close()  # reported once: closing afterwards raises nothing
+  assert h.checkpoint_steps(str(small_disk.parent)) == [1]

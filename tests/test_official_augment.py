@@ -101,3 +101,21 @@ def test_argument_paths_agree(magnitude):
   host_only = [P.ARG[n] for n in P.ARGUMENTS if n not in ('cos', 'sin')]  # the host takes TF's cos / sin
   np.testing.assert_array_equal(host[host_only], exact[host_only])
   np.testing.assert_array_equal(np.asarray(R.magnitude_args(magnitude)), exact)
+
+
+def test_traced_magnitude_gives_the_official_arguments_at_multiples_of_an_eighth():
+  """A traced float32 magnitude (randaugment_jax's other accepted form) gives the official float64-then-float32
+  arguments wherever m · scale is exact in float32, so its ops equal the golden outputs there as the vector's do
+  (`python tests/data/official/augment/compare.py`, rows `traced`: 0 for every op on the whole golden set). The
+  shear as (m / 10) · 0.3 in float32 missed by 1 ulp at 115 of these magnitudes, which flipped nearest-pixel ties:
+  ShearX / ShearY at M = 15 moved up to 165 levels. cos / sin go through XLA's cos: within 1 ulp at 7 of them."""
+  ms = np.arange(0, 241) / 8  # 0, 1/8, ..., 30: RandAugment's 5, 10, 15, 20 and every half and quarter step
+  traced = np.asarray(jax.jit(jax.vmap(R.magnitude_args))(ms.astype(np.float32)))  # RandAugment's constants
+  official = np.stack([P.level_arguments(m) for m in ms])
+  for name in P.ARGUMENTS:
+    bad = ms[traced[:, P.ARG[name]] != official[:, P.ARG[name]]].tolist()
+    if name in ('cos', 'sin'):
+      np.testing.assert_array_max_ulp(traced[:, P.ARG[name]], official[:, P.ARG[name]], maxulp=1)
+      assert len(bad) <= 4, (name, bad)
+    else:
+      assert bad == ([23.0] if name == 'solarize_add' else []), (name, bad)  # 2.3 · 110 = 252.99999999999997

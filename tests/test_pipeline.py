@@ -323,6 +323,11 @@ def test_normalize():
   assert normalize(x, "inception_128", dtype=jnp.bfloat16).dtype == jnp.bfloat16
   # tensorflow/tpu's Lite/EdgeTPU builders: MEAN_RGB = [127.0] * 3, STDDEV_RGB = [128.0] * 3
   np.testing.assert_array_equal(np.asarray(normalize(np.array([0.0, 127.0, 255.0]), "edge")), [-127 / 128, 0.0, 1.0])
+  # google/automl's fine-tuning preprocessing (augname 'ft'): (x / 255 - 0.5) / 0.5 in float32. XLA multiplies by
+  # 1/255 instead of dividing: 1 ulp (1.2e-7 in [-1, 1]) off at about 43% of the values, as for 'imagenet'.
+  pixels = np.arange(256, dtype=np.float32)
+  np.testing.assert_allclose(np.asarray(normalize(pixels, "inception")),
+                             (pixels / np.float32(255) - np.float32(0.5)) / np.float32(0.5), rtol=0, atol=1.2e-7)
   with pytest.raises(ValueError, match="normalization"):
     normalize(x, "zscore")
 

@@ -17,6 +17,7 @@ def _progressive_config(total_steps=8, cache_dir=None):
   c.train.eval_every_steps = 1000
   c.train.checkpoint_every_steps = 1000
   c.train.compile_cache_dir = cache_dir
+  c.progressive.size_min, c.progressive.size_max, c.progressive.size_multiple = 16, 32, 8  # 16, 24, 24, 32 px
   c.progressive.dropout_min, c.progressive.dropout_max = 0.0, 0.3
   c.progressive.mixup_min, c.progressive.mixup_max = 0.0, 0.3
   # RandAugment on the device: the host only resizes; the magnitude is a traced input of the step.

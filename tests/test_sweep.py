@@ -201,7 +201,7 @@ def test_summary_groups_seeds_into_mean_and_std(tmp_path):
       {"overrides": {"train.seed": 0}, "status": "done", "metrics": {"eval_top1": 0.98, "train_step_s": 10.0}},
       {"overrides": {"train.seed": 1}, "status": "done", "metrics": {"eval_top1": 0.96, "train_step_s": 12.0}},
       {"overrides": {"progressive.enabled": True, "train.seed": 0}, "status": "done",
-       "metrics": {"eval_top1": 0.97, "train_step_s": 6.0}},
+       "metrics": {"eval_top1": 0.965, "train_step_s": 6.0}},
       {"overrides": {"progressive.enabled": True, "train.seed": 1}, "status": "failed (exit 1)", "metrics": {}},
   ]
   rows = sweep_lib.summarize(recs)
@@ -211,7 +211,10 @@ def test_summary_groups_seeds_into_mean_and_std(tmp_path):
   assert rows[0]["train_step_s_std"] == pytest.approx(2.0 ** 0.5)
   assert rows[1]["runs"] == 1 and rows[1]["missing"] == 1 and rows[1]["eval_top1_std"] == 0.0
   text = sweep_lib.write_summary(str(tmp_path), rows)
-  assert "| base | 2 | 97.00 ± 1.41 | 11.0 ± 1.4 |" in text
+  assert rows[1]["eval_top1_vs_first"] == pytest.approx(-0.005)
+  assert rows[1]["train_step_s_vs_first"] == pytest.approx(6 / 11)
+  assert "| base | 2 | 97.00 ± 1.41 | 11.0 ± 1.4 | +0.00 | 1.00 |" in text
+  assert "| progressive.enabled=true | 1 | 96.50 ± 0.00 | 6.0 ± 0.0 | -0.50 | 0.55 |" in text
   assert (tmp_path / "summary.csv").read_text().splitlines()[0].startswith("setting,runs,missing,eval_top1_mean")
   from launch import plot
   assert plot.plot_summary(rows, str(tmp_path / "s.png")).endswith("s.png") and (tmp_path / "s.png").stat().st_size

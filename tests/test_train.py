@@ -18,35 +18,6 @@ import effnet
 from effnet import train
 
 
-_JAX_CACHE_FLAGS = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs',
-                    'jax_persistent_cache_min_entry_size_bytes', 'jax_persistent_cache_enable_xla_caches')
-
-
-@pytest.fixture
-def restore_jax_config():
-  """train_and_evaluate points JAX's process-global compilation cache at the run's directory; put it back so the
-  tests that run after these in the same pytest process are not affected."""
-  saved = {k: getattr(jax.config, k) for k in _JAX_CACHE_FLAGS}
-  yield
-  for k, v in saved.items():
-    jax.config.update(k, v)
-  from jax._src import compilation_cache  # pylint: disable=g-import-not-at-top
-  compilation_cache.reset_cache()
-
-
-@pytest.fixture
-def no_compile(monkeypatch):
-  """Any attempt to build the state or compile a step fails the test: config errors must come first."""
-  from effnet import compile as compile_lib  # pylint: disable=g-import-not-at-top
-  from effnet import state as state_lib  # pylint: disable=g-import-not-at-top
-
-  def boom(*a, **k):
-    raise AssertionError('the engine built the state / compiled before rejecting the config')
-  monkeypatch.setattr(compile_lib.StepCompiler, '__init__', boom)
-  monkeypatch.setattr(state_lib, 'create_train_state', boom)
-  monkeypatch.setattr(train.state_lib, 'create_train_state', boom)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # A real config, shrunk with runlocal: one train step and one (full) eval.
 # ---------------------------------------------------------------------------------------------------------------

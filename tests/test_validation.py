@@ -240,3 +240,12 @@ def test_one_path_helper_for_workdirs():
   assert "def _path" not in worker_source and "workdir_lib.as_path(workdir)" in worker_source
   assert workdir_lib.as_path("gs://b/x").as_uri() == "gs://b/x"
   assert str(workdir_lib.as_path("/tmp/x") / "y") == "/tmp/x/y"
+
+
+def test_search_worker_checks_its_config_like_effnet_main(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "effnet.search.worker", "--config=configs/demo.py",
+                         f"--workdir={tmp_path / 'run'}", "--config.train.totl_steps=5"], cwd=REPO, capture_output=True,
+                        text=True, timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO))
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+  assert proc.stderr.startswith("error: train.totl_steps: no such config field; did you mean train.total_steps?")
+  assert not (tmp_path / "run").exists()  # nothing written

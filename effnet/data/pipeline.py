@@ -1,9 +1,10 @@
 """Host-side tf.data input pipelines (train and eval) over any tfds dataset, including the built-in `digits`.
 
-Why this module exists: the accelerator must only ever see fixed-shape uint8 NHWC batches, while the recipes from
-the official EfficientNet code (inception crop + legacy bicubic for v1, area-0.05 crop + bilinear for v2, the two
-center-crop evals, RandAugment/AutoAugment on uint8) are TF image ops. Everything TF lives here, on the host; the
-float conversion and mean/std normalisation happen on device (`effnet.data.normalize`).
+Why this module exists: the accelerator must only ever see fixed-shape NHWC batches (uint8, or the official float32:
+`data.image_dtype`), while the recipes from the official EfficientNet code (inception crop + legacy bicubic for v1,
+area-0.05 crop + bilinear for v2, the two center-crop evals, RandAugment/AutoAugment on uint8) are TF image ops.
+Everything TF lives here, on the host; the float conversion and mean/std normalisation happen on device
+(`effnet.data.normalize`).
 
 Design points:
 * Per-host reading with `tfds.split_for_jax_process`: train drops the remainder so every host has the same epoch
@@ -33,7 +34,7 @@ try:  # keep TF off any GPU the host may have: JAX owns the accelerator
 except (RuntimeError, ValueError):  # pragma: no cover - already initialised
   pass
 
-from effnet.data import AUGMENTS, EVAL_PREPROCESS, RESIZE_METHODS, TRAIN_PREPROCESS  # noqa: E402
+from effnet.data import AUGMENTS, EVAL_PREPROCESS, IMAGE_DTYPES, RESIZE_METHODS, TRAIN_PREPROCESS  # noqa: E402
 from effnet.data import bad_examples  # noqa: E402
 
 _V2_NO_CROP_SIZE = 320  # AML center_crop_v2: at S >= 320 the whole image is squashed to SxS
@@ -83,9 +84,13 @@ def get_builder(data_cfg, *, prepare=True):
   need a manual download (imagenet2012) a missing manual_dir, naming the directory where tfds looks for the tars.
   """
   name = data_cfg.name
+  if name.startswith("folder:"):  # a user's image folder: read where it lies, nothing to prepare
+    from effnet.data import folder  # pylint: disable=g-import-not-at-top
+    folder.check(name, [("data.train_split", data_cfg.train_split), ("data.eval_split", data_cfg.eval_split or "")])
+    return folder.builder(name)
   data_dir = data_cfg.data_dir
-  if _base_name(name) == "digits":
-    from effnet.data import digits as _digits  # noqa: F401  (registers the builder)
+  if _base_name(name) in ("digits", "digits_canvas"):
+    from effnet.data import digits as _digits  # noqa: F401  (registers both builders)
   if data_dir is not None:
     data_dir = os.path.expanduser(str(data_dir))
   try:
@@ -95,7 +100,7 @@ def get_builder(data_cfg, *, prepare=True):
     known = tfds.list_builders(with_community_datasets=False)
     close = difflib.get_close_matches(_base_name(name), known, n=5)
     raise ValueError(
-        f"data.name={name!r} is not a known tfds dataset; allowed: 'digits' (built in, offline), "
+        f"data.name={name!r} is not a known tfds dataset; allowed: 'digits', 'digits_canvas' (built in, offline), "
         f"'imagenet2012' (manual download) or any name from tfds.list_builders()"
         + (f"; close matches: {close}" if close else "")) from e
   if prepare:
@@ -325,7 +330,6 @@ def _report(policy, split, role, epochs, indices, ids):
 _V1_RECIPES = ("inception_v1", "inception_v1_0875", "center_crop_v1", "center_crop_v1_0875")
 _FRACTION_0875 = ("inception_v1_0875", "center_crop_v1_0875")
 _FULL_DECODE = ("inception_v2", "center_crop_v2")  # AML decodes the whole JPEG, then crops
-IMAGE_DTYPES = ("uint8", "float32", "bfloat16")
 
 
 def _resolve_resize(resize_method, recipe):
@@ -366,7 +370,7 @@ def cast_output(image, dtype):
   """Float resize output -> the pipeline's output dtype. 'float32' is the official output (unrounded, with the
   bicubic over/undershoot beyond [0, 255]); 'bfloat16' is what TPU's v1 code feeds with use_bfloat16 (its
   default); 'uint8' rounds and clips: 4x fewer host bytes, at most 0.5 level off inside [0, 255]."""
-  if dtype not in IMAGE_DTYPES:  # an argument of the preprocess functions, not (yet) a config field
+  if dtype not in IMAGE_DTYPES:  # a config's data.image_dtype is checked by config_lib.validate before this runs
     raise ValueError(f"dtype={dtype!r}; allowed: {IMAGE_DTYPES}")
   if dtype == "uint8":
     return to_uint8(image)
@@ -401,10 +405,10 @@ def center_crop_window(height, width, image_size, recipe, crop_padding=32):
 
 
 def _sample_window(height, width, recipe, seed):
-  """Inception-style random window (y, x, h, w) drawn with a stateless seed; 'resize' -> the whole image."""
+  """Inception-style random window (y, x, h, w) drawn with a stateless seed; 'resize', 'pad_crop' -> the whole image."""
   height = tf.cast(height, tf.int32)
   width = tf.cast(width, tf.int32)
-  if recipe == "resize":
+  if recipe in ("resize", "pad_crop"):
     return tf.constant(0, tf.int32), tf.constant(0, tf.int32), height, width
   bbox = tf.constant([[[0.0, 0.0, 1.0, 1.0]]], tf.float32)
   if recipe in _V1_RECIPES:
@@ -511,26 +515,41 @@ def crop_and_resize(image, image_size, recipe, window_sampler, crop_padding=32, 
 
 def preprocess_train_image(image, image_size, seed, recipe="inception_v1", crop_padding=32, resize_method=None,
                            flip=True, augment="none", randaug_num_layers=2, randaug_magnitude=10.0,
-                           dtype="uint8", crop_while_decoding=None):
+                           dtype="uint8", crop_while_decoding=None, augment_on_device=False):
   """Encoded bytes or HWC array -> [S,S,3] `dtype`: random crop, resize, flip, augmentation. `seed`: int [2].
 
   With an augmentation the image becomes uint8 as the official code makes it (clip, truncate) before the ops;
-  without one, `cast_output` (uint8 rounds; 'float32' is the official output).
+  without one, `cast_output` (uint8 rounds; 'float32' is the official output). `augment_on_device` (with
+  augment='none', dtype='uint8'): the train step applies RandAugment (data.randaug_on_device), so the image is
+  clipped and truncated here as the official code does before its ops, not rounded (docs/fidelity.md §3).
   """
   _check_choice("train_preprocess", recipe, TRAIN_PREPROCESS)
   _check_choice("augment", augment, AUGMENTS)
   seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=3)
   out = crop_and_resize(image, image_size, recipe, lambda h, w: _sample_window(h, w, recipe, seeds[0]),
                         crop_padding, resize_method, crop_while_decoding)
+  if recipe == "pad_crop":  # its window is the whole image, so seeds[0] is free for the shift
+    out = pad_and_random_crop(out, image_size, seeds[0])
   if flip:
     out = tf.image.stateless_random_flip_left_right(out, seeds[1])
-  if augment == "none":
+  if augment == "none" and augment_on_device and dtype == "uint8":
+    out = truncate_to_uint8(out)
+  elif augment == "none":
     out = cast_output(out, dtype)
   else:
     out = apply_augment(truncate_to_uint8(out), augment, randaug_num_layers, randaug_magnitude, seeds[2])
     out = cast_output(tf.cast(out, tf.float32), dtype) if dtype != "uint8" else out
   out.set_shape([image_size, image_size, 3])
   return out
+
+
+def pad_and_random_crop(image, image_size, seed):
+  """The small-image train recipe 'pad_crop' (ResNet paper §4.2, CIFAR at 32 px): the resized [S,S,3] image padded
+  with S//8 zero pixels on each side, then a random S×S window: a shift of up to S/8 in x and y, no rescaling.
+  Why: inception crops keep as little as 5-8% of the area, which cuts a small centred object (a digit) apart."""
+  pad = image_size // 8
+  padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+  return tf.image.stateless_random_crop(padded, [image_size, image_size, 3], seed=seed)
 
 
 def apply_augment(image, augment, num_layers, magnitude, seed):
@@ -565,7 +584,8 @@ def _options():
 def create_train_dataset(data_cfg, *, global_batch_size, image_size=None, process_index=None, process_count=None,
                          seed=0, start_epoch=0, num_epochs=None, augment=None, randaug_num_layers=None,
                          randaug_magnitude=None, shuffle=True, builder=None, skip_examples=0):
-  """Per-host train batches {'image': uint8 [B,S,S,3], 'label': int32 [B]}, B = global_batch_size // process_count.
+  """Per-host train batches {'image': [B,S,S,3] of data.image_dtype, 'label': int32 [B]}, B = global_batch_size //
+  process_count.
 
   Deterministic for a given (seed, process_index, epoch). `image_size`, `augment` and `randaug_magnitude` override
   config.data so that progressive learning can rebuild the dataset per stage (use start_epoch = the stage's first
@@ -587,6 +607,9 @@ def create_train_dataset(data_cfg, *, global_batch_size, image_size=None, proces
   crop_padding = data_cfg.crop_padding
   resize_method = data_cfg.resize_method
   flip = bool(data_cfg.flip)
+  image_dtype = data_cfg.image_dtype
+  # the step runs RandAugment (train.py then passes augment='none'): the host truncates as the official code does
+  augment_on_device = bool(data_cfg.randaug_on_device) and data_cfg.augment == "randaugment"
 
   split = tfds.split_for_jax_process(data_cfg.train_split, process_index=process_index,
                                      process_count=process_count, drop_remainder=True)
@@ -618,7 +641,7 @@ def create_train_dataset(data_cfg, *, global_batch_size, image_size=None, proces
     image = preprocess_train_image(
         ex["image"], image_size, example_seed, recipe=recipe, crop_padding=crop_padding,
         resize_method=resize_method, flip=flip, augment=augment, randaug_num_layers=num_layers,
-        randaug_magnitude=magnitude)
+        randaug_magnitude=magnitude, dtype=image_dtype, augment_on_device=augment_on_device)
     return {"image": image, "label": tf.cast(ex["label"], tf.int32)}
 
   ds = ds.batch(batch, drop_remainder=True)  # before decoding: see _decode_batches
@@ -632,10 +655,18 @@ EvalData = collections.namedtuple("EvalData", ["dataset", "num_batches", "num_ex
                                                "per_host_batch_size"])
 EvalData.__doc__ = """Eval stream of one host.
 
-dataset: finite tf.data.Dataset of {'image': uint8 [B,S,S,3], 'label': int32 [B], 'mask': int32 [B]} (mask 1 for
-  real examples, 0 for padding); exactly `num_batches` batches on every host. Iterate it once per evaluation.
+dataset: finite tf.data.Dataset of {'image': [B,S,S,3] of data.image_dtype, 'label': int32 [B], 'mask': int32 [B]}
+  (mask 1 for real examples, 0 for padding); exactly `num_batches` batches on every host. Iterate it once per
+  evaluation.
 num_examples: the whole eval split (all hosts); host_num_examples: this host's real examples.
 """
+
+
+def eval_image_fn(data_cfg, image_size):
+  """image (encoded bytes or HWC array) -> the eval image the config's recipe gives at `image_size`, in
+  data.image_dtype: what create_eval_dataset maps, public so the tests hold it to the official outputs."""
+  return lambda image: preprocess_eval_image(image, image_size, data_cfg.eval_preprocess, data_cfg.crop_padding,
+                                             data_cfg.resize_method, dtype=data_cfg.image_dtype)
 
 
 def create_eval_dataset(data_cfg, *, global_batch_size, image_size=None, process_index=None, process_count=None,
@@ -644,9 +675,7 @@ def create_eval_dataset(data_cfg, *, global_batch_size, image_size=None, process
   process_index, process_count, batch, builder, image_key, label_key = _host_reading(
       data_cfg, global_batch_size, "eval batch size", process_index, process_count, builder)
   image_size = int(image_size or data_cfg.eval_image_size)
-  recipe = data_cfg.eval_preprocess
-  crop_padding = data_cfg.crop_padding
-  resize_method = data_cfg.resize_method
+  preprocess_image = eval_image_fn(data_cfg, image_size)
   split = _eval_split(data_cfg, builder)
   decoders = _decoders(builder)
 
@@ -664,7 +693,7 @@ def create_eval_dataset(data_cfg, *, global_batch_size, image_size=None, process
   host_count = counts[process_index]
 
   def preprocess(ex):
-    image = preprocess_eval_image(ex[image_key], image_size, recipe, crop_padding, resize_method)
+    image = preprocess_image(ex[image_key])
     return {"image": image, "label": tf.cast(ex[label_key], tf.int32), "mask": tf.constant(1, tf.int32)}
 
   raw = read(host_splits[process_index]).enumerate().map(

@@ -38,10 +38,11 @@ Batched design (one pass per layer, every sample in the batch at once, static sh
 Magnitude -> arguments (`magnitude_args`): the official code computes them in Python float64 and
 rounds once to float32; a concrete magnitude or the `policy.level_arguments` vector (what the train
 step passes, traced, so stages do not recompile) gives exactly those values, cos / sin of Rotate
-included. A traced float32 scalar is also accepted: its arguments are computed in float32 on device
-and can be 1 ulp away (an integer argument 1 away: SolarizeAdd at M=23 gives +253 for +252), enough
-to flip nearest-pixel ties and blend truncations. Outputs equal the official ones bit for bit on the
-golden set (tests/test_official_augment.py, docs/fidelity.md §3).
+included. A traced float32 scalar is also accepted: its arguments are computed in float32 on device,
+exact for magnitudes that are multiples of 1/8 except cos / sin at a few, and elsewhere up to 1 ulp away
+(an integer argument 1 away: SolarizeAdd at M=23 gives +253 for +252), enough to flip nearest-pixel
+ties and blend truncations. Outputs equal the official ones bit for bit on the golden set, with the
+vector and with a traced scalar (tests/test_official_augment.py, docs/fidelity.md §3).
 
 Deviations from the host version (documented, tested where it matters):
   * random draws come from jax.random, so a given seed does not reproduce the host's draws.
@@ -102,13 +103,20 @@ def _div(x, c):
 
 def _traced_arguments(magnitude, cutout_const, translate_const):
   """The level arguments of a traced float32 magnitude, in float32: the official float64 values can be 1 ulp away
-  (docs/fidelity.md §3), so the train step passes `magnitude_args` vectors instead."""
-  level = _div(magnitude, MAX_LEVEL)
-  degrees = level * LEVEL_SCALES['Rotate']
+  (docs/fidelity.md §3), so the train step passes `magnitude_args` vectors instead.
+
+  (m / 10) · scale is formed as (m · scale) / 10 (shear: (3 m) / 100): one rounding while m · scale is exact (m a
+  multiple of 1/8 up to 30), which equals the official float64-then-float32 value at all 241 of those magnitudes;
+  (m / 10) · scale rounds twice and missed it by 1 ulp at 115 of them for the shear, 36 for translate, 8 for degrees.
+  cos / sin (XLA's float32 cos of the float32 radians) still differ by 1 ulp at a few (7 of the 241)."""
+  m = jnp.asarray(magnitude, jnp.float32)
+  scaled = lambda scale, divisor=MAX_LEVEL: _div(m * scale, divisor)
+  degrees = scaled(LEVEL_SCALES['Rotate'])
   rad = degrees * np.float32(math.pi / 180.0)
-  floor = lambda scale: jnp.floor(_div(jnp.asarray(magnitude, jnp.float32) * scale, MAX_LEVEL))  # exact m * scale
-  values = {'degrees': degrees, 'cos': jnp.cos(rad), 'sin': jnp.sin(rad), 'shear': level * LEVEL_SCALES['ShearX'],
-            'translate': level * float(translate_const),
+  floor = lambda scale: jnp.floor(scaled(scale))  # exact m * scale
+  values = {'degrees': degrees, 'cos': jnp.cos(rad), 'sin': jnp.sin(rad),
+            'shear': scaled(round(LEVEL_SCALES['ShearX'] * 10), 100.0),  # 0.3 · m / 10 as 3 m / 100
+            'translate': scaled(float(translate_const)),
             # 1.8 * level + 0.1 as (18 m + 10) / 100: one rounding when the numerator is exact (m a multiple of 1/64)
             'enhance': _div(jnp.asarray(magnitude, jnp.float32) * 18.0 + 10.0, 100.0),
             'posterize': floor(LEVEL_SCALES['Posterize']), 'solarize': floor(LEVEL_SCALES['Solarize']),
@@ -120,7 +128,7 @@ def magnitude_args(magnitude, cutout_const=RANDAUGMENT_CUTOUT, translate_const=R
   """float32 [len(ARGUMENTS)] op arguments (indexed by policy.ARG) for `magnitude`, which may be:
   a Python / numpy number -> `policy.level_arguments` (float64 then float32, the official precision: exact);
   an argument vector of that shape (e.g. `policy.level_arguments(m)` passed as a traced value) -> used as is;
-  a traced scalar -> float32 arithmetic on device (`_traced_arguments`, can be 1 ulp off)."""
+  a traced scalar -> float32 arithmetic on device (`_traced_arguments`, can be 1 ulp off between multiples of 1/8)."""
   if jnp.ndim(magnitude) == 1:
     if jnp.shape(magnitude) != (len(ARGUMENTS),):
       raise ValueError(f'magnitude must be a scalar or a [{len(ARGUMENTS)}] level_arguments vector, got shape '

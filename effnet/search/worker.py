@@ -8,6 +8,9 @@ Writes DIR/final_metrics.json (the trainer's) and DIR/step_time.json (effnet.too
 after warm-up). `--search_train=false` only benchmarks (the reference architecture when its accuracy is not needed).
 Each training appends a line to DIR/trainings.txt, so a resumed search can be checked for work it redid.
 Like effnet.main, this is an entry module: the only one in effnet.search that defines flags, so nothing imports it.
+It checks what effnet.main checks, as early: the config, its arg and every override before absl parses the flags
+(`effnet.main.parse_flags`), then the workdir, each mistake one `error:` line with exit status 2 before anything
+loads or is written.
 """
 import json
 
@@ -30,12 +33,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   config, workdir = effnet_main._CONFIG.value, effnet_main._WORKDIR.value  # pylint: disable=protected-access
+  effnet_main._exit_on_error(workdir_lib.check_usable, workdir)  # pylint: disable=protected-access
   wd = workdir_lib.as_path(workdir)
   wd.mkdir(parents=True, exist_ok=True)
   if _TRAIN.value:
     with (wd / TRAININGS_FILE).open('a') as f:
       f.write('train\n')
-    final = train.train_and_evaluate(config, workdir)
+    final = effnet_main._exit_on_error(  # pylint: disable=protected-access
+        train.train_and_evaluate, config, workdir, errors=effnet_main._RUN_REFUSALS)  # pylint: disable=protected-access
     if final.get('stopped') == 'preempted':
       logging.warning('preempted: no benchmark; the next run resumes from the checkpoint')
       raise SystemExit(3)
@@ -50,4 +55,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=effnet_main.parse_flags)

@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from effnet.data import TRAIN_PREPROCESS
+from effnet.data import IMAGE_DTYPES, TRAIN_PREPROCESS
 
 EVAL_RECIPE = {'inception_v1': 'center_crop_v1', 'inception_v1_0875': 'center_crop_v1_0875',
                'inception_v2': 'center_crop_v2', 'resize': 'resize'}
@@ -62,19 +62,21 @@ def make_jpegs(num_images, seed=0):
   return out
 
 
-def build_fns(image_size, recipe, magnitude, num_layers):
-  """Row name -> fn(jpeg bytes, int64 [2] seed) -> uint8 image, each a per-example function of the pipeline."""
+def build_fns(image_size, recipe, magnitude, num_layers, image_dtype='uint8'):
+  """Row name -> fn(jpeg bytes, int64 [2] seed) -> image of `image_dtype` (data.image_dtype; 'decode' and the
+  device row: uint8), each a per-example function of the pipeline."""
   import tensorflow as tf
   from effnet.data import pipeline
 
   def train(augment):
     return lambda jpeg, seed: pipeline.preprocess_train_image(
         jpeg, image_size, seed, recipe=recipe, augment=augment, randaug_num_layers=num_layers,
-        randaug_magnitude=magnitude)
+        randaug_magnitude=magnitude, dtype=image_dtype)
 
   return {
       'decode': lambda jpeg, seed: tf.image.decode_jpeg(jpeg, channels=3),
-      'eval': lambda jpeg, seed: pipeline.preprocess_eval_image(jpeg, image_size, EVAL_RECIPE[recipe]),
+      'eval': lambda jpeg, seed: pipeline.preprocess_eval_image(jpeg, image_size, EVAL_RECIPE[recipe],
+                                                                dtype=image_dtype),
       'crop': train('none'),
       'crop+RA': train('randaugment'),
       'crop+AA': train('autoaugment'),
@@ -133,7 +135,7 @@ def measure(jpegs, args):
   wanted = set(args.only.split(',')) if args.only else None
   rows = {}
   for size in args.image_size:
-    fns = build_fns(size, args.recipe, args.magnitude, args.num_layers)
+    fns = build_fns(size, args.recipe, args.magnitude, args.num_layers, args.image_dtype)
     for name, fn in fns.items():
       if wanted and name not in wanted:
         continue
@@ -142,7 +144,8 @@ def measure(jpegs, args):
         continue
       rows.setdefault(name, {})[size] = time_fn(jpegs, fn, args.repeats)
     if args.device_batch:
-      crops = np.stack(list(_one_core_dataset(jpegs, fns['crop'], math.ceil(args.device_batch / len(jpegs)))
+      crop = build_fns(size, args.recipe, args.magnitude, args.num_layers)['crop']  # uint8, as the step takes it
+      crops = np.stack(list(_one_core_dataset(jpegs, crop, math.ceil(args.device_batch / len(jpegs)))
                             .take(args.device_batch).as_numpy_iterator()))
       rate = device_randaugment_rate(crops, args.num_layers, args.magnitude)
       rows.setdefault(_device_row_name(args.device_batch), {})[size] = rate
@@ -160,6 +163,8 @@ def main(argv=None):
                  help='config.data.train_preprocess; the eval row uses its eval crop')
   p.add_argument('--device_batch', type=int, default=0,
                  help='also time the on-device RandAugment over a batch of this many crops (0: off)')
+  p.add_argument('--image_dtype', default='uint8', choices=IMAGE_DTYPES,
+                 help='config.data.image_dtype: what the eval and crop rows hand to the device')
   p.add_argument('--only', type=str, default='', help='comma list of row names to run (decode,eval,crop,...)')
   a = p.parse_args(argv)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -168,7 +173,7 @@ def main(argv=None):
   tf.config.threading.set_inter_op_parallelism_threads(1)
   jpegs = make_jpegs(a.num_images)
   print(f'{len(jpegs)} JPEGs, mean {np.mean([len(j) for j in jpegs]) / 1024:.1f} KiB, recipe {a.recipe}, '
-        f'N={a.num_layers} M={a.magnitude}, images/s on ONE core')
+        f'N={a.num_layers} M={a.magnitude}, {a.image_dtype} out, images/s on ONE core')
   rows = measure(jpegs, a)
   w = max(len(k) for k in rows)
   print(f"{'pipeline':<{w}} " + ' '.join(f'{s:>8d}px' for s in a.image_size))

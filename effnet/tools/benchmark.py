@@ -43,7 +43,8 @@ def run(config, batch: int, image_size: int, num_steps: int = 20, warmup: int = 
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t0
 
-  compiler = compile_lib.StepCompiler(train_step, eval_step, abstract, mesh, steps.hyper_defaults())
+  compiler = compile_lib.StepCompiler(train_step, eval_step, abstract, mesh, steps.hyper_defaults(),
+                                      image_dtype=config.data.image_dtype)
   exe = compiler.get('train', image_size, batch)
   compile_s = compiler.compile_seconds[('train', image_size, batch)]
   cost = compiler.cost.get(('train', image_size, batch))
@@ -52,7 +53,8 @@ def run(config, batch: int, image_size: int, num_steps: int = 20, warmup: int = 
   flops = float(cost.get('flops', float('nan'))) if cost else float('nan')
 
   hyper = jax.device_put(steps.hyper_defaults(config.model.dropout_rate), rep)
-  data = synthetic_batches(batch, image_size, config.model.num_classes, sharding=parallel.batch_sharding(mesh))
+  data = synthetic_batches(batch, image_size, config.model.num_classes, sharding=parallel.batch_sharding(mesh),
+                           image_dtype=config.data.image_dtype)
   for _ in range(warmup):
     state, m = exe(state, next(data), hyper)
   jax.block_until_ready(state)

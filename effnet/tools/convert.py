@@ -2,6 +2,7 @@ r"""Converts released weights into an effnet checkpoint directory.
 
   python -m effnet.tools.convert --config=configs/efficientnet.py:b0 --source=timm:tf_efficientnet_b0 --out=/tmp/b0
   python -m effnet.tools.convert --config=configs/efficientnetv2.py:s --source=keras:/path/v2s.keras --out=/tmp/s
+  python -m effnet.tools.convert --config=configs/efficientnet.py:b0 --source=tf:/ckpts/efficientnet-b0 --out=/tmp/b0
   (`--config.KEY=VALUE` overrides as for effnet.main; `effnet-convert` is the same command.)
 
 Why a checkpoint and not an .npz: training, evaluation and export already restore orbax checkpoints through
@@ -11,14 +12,15 @@ Layout written (`write_weights`), one step, number 0, in `--out`:
   state  {'params', 'batch_stats', 'ema_params', 'ema_batch_stats'}: float32 arrays in the model's layout (per
          block, or stacked with model.scan_blocks); the EMA copies equal the weights, so an EMA eval (the default
          of `TrainState.eval_variables`) gives the converted logits.
-  meta   {'source': 'timm:NAME' | 'keras:PATH', 'normalization': the data.normalization the weights expect}
+  meta   {'source': 'timm:NAME' | 'keras:PATH' | 'tf:PATH', 'normalization': the data.normalization the weights expect}
   config the full config the weights were converted for.
 `read_weights` restores it as `{'params', 'batch_stats'}` for `module.apply`.
 
 Every argument is checked before anything is loaded: the config, the source kind and its name or file, and that
-`--out` holds no checkpoint yet. `tf:PATH` (official TF checkpoints) is not supported yet and says so. A timm name
-whose weights are not in timm's (Hugging Face hub) cache is downloaded by timm into that cache; the tool says so
-before it starts.
+`--out` holds no checkpoint yet. `tf:PATH` is an official TF checkpoint (tensorflow/tpu or google/automl main.py:
+a prefix such as .../model.ckpt-NNN, or its folder), converted with its EMA shadow weights as the official eval
+uses them (`effnet.convert.from_tf_checkpoint`). A timm name whose weights are not in timm's (Hugging Face hub)
+cache is downloaded by timm into that cache; the tool says so before it starts.
 """
 from __future__ import annotations
 
@@ -32,10 +34,9 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
-from effnet import convert
+from effnet import convert, weights
 from effnet.checkpoint import Checkpointer
 from effnet.config_lib import checked_config, parse_command_line
-from effnet.models import abstract_variables, build_model
 
 SOURCE_KINDS = ('timm', 'keras', 'tf')
 _STEP = 0
@@ -43,14 +44,14 @@ _STEP = 0
 
 def parse_source(source: str) -> tuple[str, str]:
   """'keras:/x/m.keras' -> ('keras', '/x/m.keras'), checked: the kind, a non-empty name, an existing .keras file,
-  a timm name effnet converts. ValueError naming --source otherwise."""
+  an existing TF checkpoint prefix or folder, a timm name effnet converts. ValueError naming --source otherwise."""
   kind, sep, name = (source or '').partition(':')
   if not sep or kind not in SOURCE_KINDS or not name:
-    raise ValueError(f'--source={source!r}: expected timm:NAME or keras:PATH (tf:PATH is planned); '
-                     f'allowed kinds: {SOURCE_KINDS}')
-  if kind == 'tf':
-    raise ValueError(f'--source={source!r}: official TF checkpoints (tf:PATH) are not supported yet; convert '
-                     'them with timm (timm:tf_efficientnet_*) for now')
+    raise ValueError(f'--source={source!r}: expected timm:NAME, keras:PATH or tf:PATH; allowed kinds: '
+                     f'{SOURCE_KINDS}')
+  if kind == 'tf' and not (os.path.isdir(name) or os.path.isfile(name + '.index')):
+    raise ValueError(f'--source={source!r}: expected an existing TF checkpoint: a prefix whose .index file exists '
+                     '(.../model.ckpt-NNN) or a folder holding one')
   if kind == 'keras' and (not name.endswith('.keras') or not os.path.isfile(name)):
     raise ValueError(f'--source={source!r}: expected an existing .keras file (keras.Model.save("x.keras"))')
   if kind == 'timm':
@@ -97,6 +98,8 @@ def convert_source(kind: str, name: str, config, source_model=None) -> dict:
     convert.timm_requirements(name)  # refuse before anything loads
     model = source_model if source_model is not None else _timm_model(name)
     return convert.from_timm(model, model_cfg, timm_name=name)
+  if kind == 'tf':
+    return convert.from_tf_checkpoint(name, model_cfg)
   return convert.from_keras(source_model if source_model is not None else name, model_cfg,
                             normalization=config.data.normalization)
 
@@ -116,18 +119,7 @@ def write_weights(out: str, variables: dict, config, meta: dict) -> None:
 def read_weights(directory: str, config, ema: bool = True) -> dict:
   """`{'params', 'batch_stats'}` of a `write_weights` directory for `config`'s model (the EMA copies by default);
   a checkpoint of another model raises effnet.checkpoint's CheckpointMismatchError naming the first variable."""
-  module = build_model(config.model)
-  variables = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, np.float32),
-                           abstract_variables(module, int(config.data.eval_image_size)))
-  target = {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {}),
-            'ema_params': variables['params'], 'ema_batch_stats': variables.get('batch_stats', {})}
-  ckpt = Checkpointer(directory, keep=1, use_async=False, config=json.loads(config.to_json_best_effort()))
-  try:
-    state, _ = ckpt.restore(target)
-  finally:
-    ckpt.close()
-  prefix = 'ema_' if ema else ''
-  return {'params': state[f'{prefix}params'], 'batch_stats': state[f'{prefix}batch_stats']}
+  return weights.load_variables(directory, config, ema=ema)
 
 
 def run(config_spec: str, overrides: Sequence[str], source: str, out: str, source_model=None) -> str:
@@ -146,7 +138,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--config', required=True, help='path/to/config.py[:arg], as for effnet.main')
-  parser.add_argument('--source', required=True, help='timm:NAME or keras:PATH.keras')
+  parser.add_argument('--source', required=True, help='timm:NAME, keras:PATH.keras or tf:CHECKPOINT')
   parser.add_argument('--out', required=True, help='new (or empty) directory for the checkpoint')
   args, _ = parser.parse_known_args(argv)
   _, overrides = parse_command_line(argv)

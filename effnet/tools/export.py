@@ -1,9 +1,10 @@
-r"""Export a trained (or freshly initialised) model for serving: SavedModel or TF Lite.
+r"""Export a trained (or freshly initialised) model for serving: SavedModel, TF Lite or ONNX.
 
   python -m effnet.tools.export --config=configs/demo.py --weights=workdirs/demo --format=saved_model --out=/tmp/m
   python -m effnet.tools.export --config=configs/demo.py --weights=workdirs/demo --format=tflite --out=/tmp/m.tflite \
       --serving=uint8 --quantize=int8 --representative=256
   python -m effnet.tools.export --config=configs/efficientnet.py:b0 --weights=none --format=tflite --out=/tmp/b0.tflite
+  python -m effnet.tools.export --config=configs/demo.py --weights=workdirs/demo --format=onnx --out=/tmp/m.onnx
 
 The exported function is the eval forward pass (train=False) in float32 with a dynamic batch size. `--serving=uint8`
 takes uint8 NHWC images at the config's eval size and normalises them inside (effnet.data.normalize with
@@ -14,7 +15,9 @@ How: the JAX function goes through jax2tf (native serialization, the batch dimen
 whose weights are tf.Variables, saved with tf.saved_model.save. TF Lite converts that SavedModel (the converter
 lowers jax2tf's StableHLO); `--quantize=int8` adds post-training quantization with N examples of the config's eval
 split, through the eval pipeline, as the representative dataset. orbax-export (0.0.8 installs with the pinned set)
-is not used: it wraps the same jax2tf call and adds a dependency without adding a feature needed here.
+is not used: it wraps the same jax2tf call and adds a dependency without adding a feature needed here. ONNX comes
+from the JAX function directly through jax2onnx (the weights as initializers, the batch dimension symbolic), no
+TensorFlow involved; see `save_onnx` for why not tf2onnx.
 
 Every option, path and the config are checked before anything loads, initialises or compiles.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib.util
 import os
 import sys
 import tempfile
@@ -31,11 +35,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-# No ONNX: neither converter works with this stack (README "Export"): tf2onnx 1.17 cannot read the XlaCallModule op
-# of a native jax2tf SavedModel, and its TF Lite route builds a graph onnxruntime rejects (a Reshape to a wrong
-# shape); jax2onnx 0.13 (the newest that installs with orbax-checkpoint 0.12) fails on jax 0.12 (jax._src.core has
-# no ClosedJaxpr).
-FORMATS = ('saved_model', 'tflite')
+FORMATS = ('saved_model', 'tflite', 'onnx')
 SERVINGS = ('float', 'uint8')
 OUTPUTS = ('logits', 'features')
 VARIABLES = ('auto', 'ema', 'raw')
@@ -67,16 +67,16 @@ def check_options(opts: ExportOptions) -> None:
                         ('variables', VARIABLES), ('quantize', QUANTIZE)):
     if getattr(opts, name) not in allowed:
       _fail(f'--{name}', getattr(opts, name), ' | '.join(allowed))
-  if opts.quantize != 'none' and opts.format == 'saved_model':
-    _fail('--quantize', opts.quantize, "'none' with --format=saved_model (quantization is a TF Lite step)")
+  if opts.quantize != 'none' and opts.format != 'tflite':
+    _fail('--quantize', opts.quantize, f"'none' with --format={opts.format} (quantization is a TF Lite step)")
+  if opts.format == 'onnx' and importlib.util.find_spec('jax2onnx') is None:
+    _fail('--format', opts.format, 'saved_model | tflite; onnx needs jax2onnx, installed apart from the other '
+          'requirements: pip install --no-deps -r requirements-onnx.txt')
   if opts.quantize == 'int8' and opts.representative < 1:
     _fail('--representative', opts.representative, 'an example count >= 1 with --quantize=int8')
   if opts.weights != 'none':
-    if not os.path.isdir(opts.weights):
-      _fail('--weights', opts.weights, "a training workdir, its 'checkpoints' folder, or 'none' (random init)")
-    steps = sorted(int(d) for d in os.listdir(checkpoint_dir(opts.weights)) if d.isdigit())
-    if opts.step is not None and opts.step not in steps:
-      _fail('--step', opts.step, f'a step of {checkpoint_dir(opts.weights)}: {steps}')
+    from effnet import weights  # pylint: disable=g-import-not-at-top
+    weights.check_step(opts.weights, opts.step, '--weights', '--step')  # ValueError naming the option
   elif opts.variables != 'auto':
     _fail('--variables', opts.variables, "'auto' with --weights=none (there is no checkpoint to choose from)")
   elif opts.step is not None:
@@ -90,37 +90,27 @@ def check_options(opts: ExportOptions) -> None:
     _fail('--out', opts.out, f'a path in an existing directory ({parent} does not exist)')
 
 
-def checkpoint_dir(weights: str) -> str:
-  """The folder of step directories: `weights` itself, or `weights/checkpoints` for a training workdir."""
-  for candidate in (os.path.join(weights, 'checkpoints'), weights):
-    if os.path.isdir(candidate) and any(d.isdigit() for d in os.listdir(candidate)):
-      return candidate
-  _fail('--weights', weights, 'a training workdir or checkpoints folder holding at least one step folder')
-
-
 # ----------------------------------------------------------------------------------------------------- weights
 
 
 def load_variables(config, opts: ExportOptions):
   """{'params', 'batch_stats'} from the checkpoint (EMA or raw, see ExportOptions.variables) or a random init."""
   import jax  # pylint: disable=g-import-not-at-top
-  from effnet import models, optim, parallel  # pylint: disable=g-import-not-at-top
-  from effnet import checkpoint as ckpt_lib, state as state_lib  # pylint: disable=g-import-not-at-top
+  from effnet import models, weights  # pylint: disable=g-import-not-at-top
   module = models.build_model(config.model)
   if opts.weights == 'none':
     return module, jax.device_get(models.make_initializer(module, config.data.image_size)(jax.random.key(0)))
-  # The optimizer's slots are part of the stored tree; their structure depends on config.optim only, not on the
-  # schedule's step counts, so placeholder counts give the same restore target as the run's.
-  tx, _ = optim.build_optimizer(config.optim, config.train.batch_size, steps_per_epoch=1.0, total_steps=1)
-  abstract = state_lib.abstract_state(module, tx, config.data.image_size,
-                                      parallel.replicated(parallel.make_mesh()))
-  checkpointer = ckpt_lib.Checkpointer(checkpoint_dir(opts.weights), use_async=False)
-  try:
-    state, _ = checkpointer.restore(abstract, step=opts.step)
-  finally:
-    checkpointer.close()
-  ema = config.train.eval_ema if opts.variables == 'auto' else opts.variables == 'ema'
-  return module, jax.device_get(state.eval_variables(ema))
+  ema = None if opts.variables == 'auto' else opts.variables == 'ema'
+  return module, weights.load_variables(opts.weights, config, ema=ema, step=opts.step)
+
+
+def serving_module(module):
+  """The module every format exports: float32 whatever model.dtype trained in (the bfloat16 of the ImageNet configs
+  is a TPU training choice; jax2onnx writes an invalid graph from it), and depthwise convolutions as grouped
+  convolutions (model.depthwise_impl='auto' picks k*k shifted multiply-adds on a CPU host, a form for XLA:CPU that
+  would make the exported graph depend on the machine that exported it)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  return module.clone(dtype=jnp.float32, depthwise_impl='conv')
 
 
 def serving_function(module, config, opts: ExportOptions) -> Callable:
@@ -214,7 +204,8 @@ def representative_images(config, count: int, opts: ExportOptions):
   if opts.serving == 'float':
     images = [np.asarray(data.normalize(im, config.data.normalization)) for im in images]
   else:
-    images = [np.asarray(im).astype(np.uint8) for im in images]
+    # the pipeline's uint8 from any data.image_dtype (a float one: rounded and clipped, as image_dtype='uint8' is)
+    images = [np.clip(np.round(np.asarray(im, np.float32)), 0, 255).astype(np.uint8) for im in images]
   return images
 
 
@@ -230,16 +221,75 @@ def save_tflite(saved_model_dir: str, path: str, representative=None) -> None:
     f.write(converter.convert())
 
 
+# The ONNX opset written: jax2onnx 0.17's default, which the pinned onnxruntime (1.32) runs.
+ONNX_OPSET = 23
+
+
+@contextlib.contextmanager
+def _jax2onnx_on_jax_012():
+  """Inside the block jax2onnx 0.17.1 converts on jax 0.12: `jax._src.core.ClosedJaxpr` exists, and jax2onnx's
+  plugin loader logs errors only.
+
+  jax 0.11 merged ClosedJaxpr into Jaxpr (a Jaxpr holds its constants; `Jaxpr(jaxpr, consts)` stays as the legacy
+  ClosedJaxpr constructor, and jax.extend.core.ClosedJaxpr is Jaxpr), and jax 0.12 removed the private name, which
+  jax2onnx's `jit` plugin (jax2onnx/plugins/jax/core/jit.py, also on its main branch) still reads: without this
+  every export fails with "module 'jax._src.core' has no attribute 'ClosedJaxpr'". No upstream issue found
+  (enpasos/jax2onnx); drop this once that plugin reads jax.extend.core.ClosedJaxpr. The plugin loader imports every
+  plugin on the first conversion and logs a warning with a traceback for each one whose library is not installed
+  (equinox, dm-pix: jax2onnx declares them, effnet needs neither, see requirements-onnx.txt).
+  """
+  import logging  # pylint: disable=g-import-not-at-top
+  from jax._src import core as jax_core  # pylint: disable=g-import-not-at-top
+  added = not hasattr(jax_core, 'ClosedJaxpr')
+  if added:
+    jax_core.ClosedJaxpr = jax_core.Jaxpr
+  plugin_logger = logging.getLogger('jax2onnx.plugins.plugin_system')
+  level = plugin_logger.level
+  plugin_logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    plugin_logger.setLevel(level)
+    if added:
+      del jax_core.ClosedJaxpr
+
+
+def save_onnx(module, variables, config, opts: ExportOptions, path: str) -> None:
+  """jax2onnx from the JAX function itself: the weights become initializers, the batch a symbolic input dimension;
+  one self-contained file.
+
+  `module` is `serving_module`'s: with bfloat16 (the ImageNet configs' model.dtype) jax2onnx 0.17.1 writes an
+  invalid graph (onnxruntime: "Type (tensor(float)) of output arg ... of node (ReduceMean_0) does not match expected
+  type (tensor(bfloat16))"). Not tf2onnx: 1.17 cannot convert the XlaCallModule op of a jax2tf SavedModel (jax 0.12's
+  jax2tf serializes natively only), and from the TF Lite file it builds a graph that onnxruntime rejects.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import onnx  # pylint: disable=g-import-not-at-top
+  forward = serving_function(module, config, opts)
+  size = int(config.data.eval_image_size)
+  spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape(f'batch, {size}, {size}, 3'), _input_dtype(opts))
+  output_name = 'features' if opts.output == 'features' else 'logits'
+  with _jax2onnx_on_jax_012():
+    import jax2onnx  # pylint: disable=g-import-not-at-top
+    model = jax2onnx.to_onnx(lambda images: forward(variables, images), [spec], model_name='effnet',
+                             opset=ONNX_OPSET, input_names=['images'], output_names=[output_name])
+  onnx.save_model(model, path)
+
+
 def export(config, opts: ExportOptions) -> dict:
   """Writes `opts.out`; returns {'seconds': wall time, 'image_size': the input size}. Call check_options first."""
   t0 = time.perf_counter()
   module, variables = load_variables(config, opts)
+  module = serving_module(module)
   forward = serving_function(module, config, opts)
   size = int(config.data.eval_image_size)
   representative = None
   if opts.quantize == 'int8':
     representative = representative_images(config, opts.representative, opts)
   _remove_existing(opts)
+  if opts.format == 'onnx':  # from the JAX function, no SavedModel in between
+    save_onnx(module, variables, config, opts, opts.out)
+    return {'seconds': time.perf_counter() - t0, 'image_size': size}
   with tempfile.TemporaryDirectory() as tmp:
     saved = opts.out if opts.format == 'saved_model' else os.path.join(tmp, 'saved_model')
     save_saved_model(forward, variables, size, opts, saved)
@@ -270,6 +320,15 @@ def run_tflite(path: str, images: np.ndarray) -> np.ndarray:
   return interpreter.get_tensor(interpreter.get_output_details()[0]['index'])
 
 
+def run_onnx(path: str, images: np.ndarray) -> np.ndarray:
+  """Runs an ONNX file on a batch with onnxruntime (CPU) and returns its single output."""
+  import onnxruntime  # pylint: disable=g-import-not-at-top
+  session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
+  inp = session.get_inputs()[0]
+  dtype = np.uint8 if inp.type == 'tensor(uint8)' else np.float32
+  return session.run(None, {inp.name: images.astype(dtype)})[0]
+
+
 def run_saved_model(path: str, images: np.ndarray) -> np.ndarray:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   outputs = tf.saved_model.load(path).signatures['serving_default'](images=tf.constant(images))
@@ -284,7 +343,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--config', required=True, help='path/to/config.py[:arg]; --config.KEY=VALUE overrides a field')
   p.add_argument('--weights', required=True, help="training workdir, its checkpoints folder, or 'none'")
   p.add_argument('--format', required=True, help=' | '.join(FORMATS))
-  p.add_argument('--out', required=True, help='SavedModel directory or .tflite file to write')
+  p.add_argument('--out', required=True, help='SavedModel directory, .tflite or .onnx file to write')
   p.add_argument('--serving', default='float', help='float: normalised float32 input; uint8: raw uint8 images')
   p.add_argument('--output', default='logits', help='logits | features (the pooled vector before the classifier)')
   p.add_argument('--variables', default='auto', help='auto (EMA when config.train.eval_ema) | ema | raw')

@@ -4,7 +4,8 @@
 
 Host: effnet.data.augment through tf.data (as the pipeline runs it). Device: effnet.data.randaugment_jax under one
 jit per image size. Both take the golden case's pinned sign and Cutout centre and the argument vector of
-effnet.data.policy.level_arguments at its magnitude.
+effnet.data.policy.level_arguments at its magnitude. 'traced': the device ops given the magnitude as a traced float32
+scalar instead of that vector (randaugment_jax's other accepted form; its arguments are computed in float32).
 """
 import collections
 import json
@@ -46,10 +47,20 @@ def _device(image, cases):
                            centres[k:k + 1, 1])[0]) for k in range(len(cases))]
 
 
+def _device_traced(image, cases):
+  """As _device, with the magnitude a traced float32 scalar (arguments computed in float32 on device, not the
+  float64 vector the train step passes): randaugment_jax's other accepted form."""
+  layer = jax.jit(R.apply_layer, static_argnums=(6, 7))
+  ops, _, signs, centres = _columns(cases)
+  return [np.asarray(layer(jnp.asarray(image)[None], ops[k:k + 1], jnp.float32(c['level'] or 0.0), signs[k:k + 1],
+                           centres[k:k + 1, 0], centres[k:k + 1, 1], c['cutout_const'], c['translate_const'])[0])
+          for k, c in enumerate(cases)]
+
+
 def main():
   data, images, cases = _load()
   table = collections.OrderedDict()
-  for name, run in (('host', _host), ('device', _device)):
+  for name, run in (('host', _host), ('device', _device), ('traced', _device_traced)):
     for i, image in enumerate(images):
       mine = [c for c in cases if c['image'] == i]
       for c, out in zip(mine, run(image, mine)):
