@@ -1,10 +1,10 @@
 """Pure train and eval steps (jit them with the shardings in effnet.parallel / effnet.compile).
 
-The train step: uint8 images → normalise on device → optional mixup/cutmix → forward (bf16 activations, f32
-logits) → label-smoothed cross entropy + coupled L2 → TF-RMSProp → EMA. Per-stage values (dropout rate, mixup and
+The train step: images (data.image_dtype) → normalise on device → optional mixup/cutmix → forward (bf16 activations,
+f32 logits) → label-smoothed cross entropy + coupled L2 → TF-RMSProp → EMA. Per-stage values (dropout rate, mixup and
 cutmix alphas) are traced scalars, so they change between progressive-learning stages without a recompile. A
-non-finite loss, update or new state value (weights, optimizer slots, BN statistics, EMA) never reaches the state:
-the update is dropped and the step is reported, and the trainer stops (nan_policy='stop') or carries on
+non-finite loss, update or new state value (weights, optimizer slots, BN statistics, EMA) never reaches the state: the
+update is dropped and the step is reported, and the trainer stops (nan_policy='stop') or carries on
 (nan_policy='skip').
 """
 

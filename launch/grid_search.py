@@ -129,8 +129,12 @@ def split_extra(extra: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def load_base(base: str, sets: Sequence[str] = ()):
-  """The base config with the `key=value` overrides applied (unknown fields raise ValueError)."""
-  config = load_config(base)
+  """The base config with the `key=value` overrides applied (unknown fields raise ValueError); a bad base (file or
+  arg) raises ValueError naming the --base flag."""
+  try:
+    config = load_config(base)
+  except ValueError as e:
+    raise ValueError(f"--base={base}: {e}") from None
   for s in sets:
     apply_override(config, s)
   return config
