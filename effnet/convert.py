@@ -175,13 +175,18 @@ def _block_entries(block, j: int):
   return out + _conv(T, f'{t}.conv_pwl', f'{o}/project_conv') + _bn(T, f'{t}.bn3', f'{o}/project_bn')
 
 
+def _with_index_in_stage(blocks):
+  """(block, its index within its stage): timm and Keras name a block by its stage and that index."""
+  seen: dict[int, int] = {}
+  for blk in blocks:
+    yield blk, seen.get(blk.stage, 0)
+    seen[blk.stage] = seen.get(blk.stage, 0) + 1
+
+
 def _entries(model_config, with_classifier: bool):
   blocks, _, _ = model_blocks(model_config)
   out = _conv(T, 'conv_stem', 'stem_conv') + _bn(T, 'bn1', 'stem_bn')
-  seen: dict[int, int] = {}
-  for blk in blocks:
-    j = seen.get(blk.stage, 0)
-    seen[blk.stage] = j + 1
+  for blk, j in _with_index_in_stage(blocks):
     out += _block_entries(blk, j)
   out += _conv(T, 'conv_head', 'head_conv') + _bn(T, 'bn2', 'head_bn')
   if with_classifier:
@@ -333,10 +338,7 @@ def _keras_block_entries(block, j: int, dwconv: str):
 def _keras_entries(model_config, with_classifier: bool, dwconv: str):
   blocks, _, _ = model_blocks(model_config)
   out = _conv(K, 'stem_conv', 'stem_conv') + _bn(K, 'stem_bn', 'stem_bn')
-  seen: dict[int, int] = {}
-  for blk in blocks:
-    j = seen.get(blk.stage, 0)
-    seen[blk.stage] = j + 1
+  for blk, j in _with_index_in_stage(blocks):
     out += _keras_block_entries(blk, j, dwconv)
   out += _conv(K, 'top_conv', 'head_conv') + _bn(K, 'top_bn', 'head_bn')
   if with_classifier:
