@@ -230,21 +230,49 @@ def _parser():
   return parser
 
 
-def _load_runs(a) -> list[dict]:
-  """The config's sweep(), each override key checked against get_config(ARG) unless --no_validate."""
+def _load_runs(a) -> tuple[list[dict], Any]:
+  """The config's sweep() and its get_config(ARG) (None without one), each override key checked against that
+  config unless --no_validate."""
   path, arg = split_config_arg(a.config)
   module = load_config_module(path)
   runs = expand(module, a.sweep)
-  if not a.no_validate and hasattr(module, "get_config"):
-    validate(runs, module.get_config(arg) if arg is not None else module.get_config())
-  return runs
+  if not hasattr(module, "get_config"):
+    return runs, None
+  try:
+    config = module.get_config(arg) if arg is not None else module.get_config()
+  except ValueError:
+    if not a.no_validate:
+      raise
+    return runs, None  # unchecked, as asked: the runs report their own config errors
+  if not a.no_validate:
+    validate(runs, config)
+  return runs, config
+
+
+CACHE_KEY = "train.compile_cache_dir"
+
+
+def with_shared_compile_cache(root: str, config, extra: Sequence[str], runs: Sequence[dict] = ()) -> list[str]:
+  """`extra` plus `--config.train.compile_cache_dir=ROOT/jax_cache` unless `extra` already names a cache.
+
+  Why: the points of a sweep mostly share their step shapes (every seed, every LR, the final stage of a progressive
+  run), so one persistent XLA cache lets each shape compile once for the whole sweep. On a small host this also
+  keeps a later point's steps from sharing the CPU with its own background compiles, which would otherwise inflate
+  the train-step seconds the sweep compares. A config without that field, or a cache named in `extra` or by the
+  sweep's own points, is left as it is."""
+  extra = list(extra)
+  named = any(f"--config.{CACHE_KEY}" in e for e in extra) or any(CACHE_KEY in r for r in runs)
+  if config is None or not _has_field(config, CACHE_KEY) or named:
+    return extra
+  return [*extra, f"--config.{CACHE_KEY}={root}/jax_cache"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   a, extra = cli.parse(_parser(), argv)
   root = a.workdir_root.rstrip("/")
   try:
-    runs = _load_runs(a)
+    runs, config = _load_runs(a)
+    extra = with_shared_compile_cache(root, config, extra, runs)
     names = run_names(runs)
     backend = runs_lib.backend_from_args(a)
     specs = runs_lib.under_root(root, list(zip(names, runs)))

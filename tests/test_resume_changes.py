@@ -194,7 +194,7 @@ def test_training_resumes_with_another_global_batch_and_logs_what_it_changes(tmp
     final = train.train_and_evaluate(h.tiny_config({**overrides, 'train.batch_size': 32}), str(tmp_path))
   assert final['steps'] == 4 and final['stopped'] == 'completed'
   logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith('resuming at step 4: ')]
-  # The demo's lr_base 0.064 (constant after warmup) × batch / 256. 56 examples: 3.5 → 1.75 steps per epoch; the 4
+  # tiny_config's lr_base 0.064 (constant after warmup) × batch / 256. 56 examples: 3.5 → 1.75 steps per epoch; the 4
   # steps are 64 examples (1.1429 epochs) at batch 16 and 128 (2.2857 epochs) at batch 32.
   assert logged == [
       'resuming at step 4: config changed since it was written: train.batch_size: 16 → 32',

@@ -291,3 +291,18 @@ def test_cli_split_at_double_dash():
   from launch import cli
   assert cli.split_passthrough(["--a=1", "--", "--b", "--", "c"]) == (["--a=1"], ["--b", "--", "c"])
   assert cli.split_passthrough(["--a=1"]) == (["--a=1"], [])
+
+
+def test_runs_share_one_compile_cache_unless_one_is_named():
+  """Every point gets ROOT/jax_cache, so a shape compiles once per sweep; a cache named after `--` or by a point,
+  or a config without the field, is left alone."""
+  from effnet import config_lib
+  config = config_lib.base_config()
+  flag = "--config.train.compile_cache_dir"
+  assert sweep_lib.with_shared_compile_cache("gs://b/s", config, ["--config.train.seed=1"]) == [
+      "--config.train.seed=1", f"{flag}=gs://b/s/jax_cache"]
+  assert sweep_lib.with_shared_compile_cache("/r", config, [f"{flag}=/mine"]) == [f"{flag}=/mine"]
+  assert sweep_lib.with_shared_compile_cache("/r", config, [], [{"train.compile_cache_dir": "/x"}]) == []
+  import ml_collections
+  assert sweep_lib.with_shared_compile_cache("/r", ml_collections.ConfigDict({"train": {"batch_size": 8}}), []) == []
+  assert sweep_lib.with_shared_compile_cache("/r", None, ["--x=1"]) == ["--x=1"]
