@@ -9,8 +9,8 @@ V2-B0's block list at φ=-3 (width β^φ, depth α^φ) and 32 px images.
 
 Arg tokens: phi=<float> (default -3), epochs=<float> (default 30), size=<int> (the train and eval size, default
 32; the last progressive stage's), `progressive` (4 stages, 16 → 16 → 32 → 32 px at size 32, 16 → 32 → 32 → 48 at
-size 48, with growing regularization), `canvas` (data.name='digits_canvas': the digits at 8-12 px on noisy 32 px
-canvases, effnet/data/digits.py; this recipe does not learn it yet, README "Does it pay off?").
+size 48, with growing regularization), `canvas` (data.name='digits_canvas': the digits at 16-24 px near the centre
+of noisy 32 px canvases, effnet/data/digits.py, where 16 px inputs lose detail; README "Does it pay off?").
 
 The recipe is the official one except where a 674-step run on 1,438 images needs otherwise; each change was measured
 (README "The demo", seeds 0 / 1 / 2, test top-1 of the EMA weights):
@@ -36,6 +36,10 @@ The recipe is the official one except where a 674-step run on 1,438 images needs
   so the average spans the last ~t/9 steps whatever the decay; with the cosine decay those steps barely move.
 * `optim.ema_per_stage`: with progressive learning the EMA restarts its warm-up at each stage, so the final average
   holds only weights and BN statistics of the final image size (see effnet/optim.py).
+* `data.autotune` False: with tf.data autotuning on, deleting a train iterator can wait for a tf.data thread
+  (py-spy --native: RootDataset's iterator destructor joining a thread of its own), and on 2 cores, with a train step
+  running beside it, that took 7-59 s at the end of about half the runs. Off, the input decodes one batch per core,
+  yields the same batches, and as fast here (effnet/data/pipeline.py `_parallelism`, README "The demo").
 * `progressive.size_multiple` 16 (the paper preset's): stages 16, 16, 32, 32 px. With 8 they were 16, 24, 24, 32,
   and a step at 24 px costs about what one at 32 px does: the net's stride-16 and stride-32 feature maps are 2×2
   and 1×1 at every size from 17 to 32 px (ceil(S/16), ceil(S/32)), so only the early stages shrink (README).
@@ -70,6 +74,7 @@ def get_config(arg=None):
   c.data.normalization = 'inception_128'
   c.data.shuffle_buffer = 2048
   c.data.cache = True
+  c.data.autotune = False          # tearing an autotuned iterator down waited 7-59 s at the end of runs (docstring)
 
   c.train.batch_size = 64
   c.train.eval_batch_size = 128

@@ -100,6 +100,9 @@ def base_config() -> ml_collections.ConfigDict:
       resize_method=config_dict.placeholder(str), flip=True, shuffle_files=True, augment='none', randaug_num_layers=2, randaug_magnitude=10.0, randaug_on_device=False,
       mixup_alpha=0.0, cutmix_alpha=0.0, normalization='imagenet', shuffle_buffer=16_384, cache=False,
       prefetch=2,  # prefetch None or < 0: tf.data.AUTOTUNE
+      # tf.data autotuning (decode parallelism, RAM budget). Off: one batch decodes per core, and deleting an
+      # iterator does not wait for a tf.data thread (7-59 s at the end of short CPU runs; pipeline._parallelism).
+      autotune=True,
       # An example that does not decode (a truncated JPEG): 'skip' drops it, logs its split and record id and
       # counts it, so one bad file never kills a long run; 'fail' stops the run naming it (effnet.data.bad_examples).
       bad_examples='skip',
@@ -263,8 +266,8 @@ _RANGES = {
 }
 
 _FLAGS = ('model.scan_blocks', 'data.flip', 'data.shuffle_files', 'data.randaug_on_device', 'data.cache',
-         'optim.ema_per_stage', 'train.async_checkpointing', 'train.eval_ema', 'train.compile_ahead', 'train.init_ema',
-         'progressive.enabled', 'progressive.scale_batch', 'model.fix_head_stem')
+         'data.autotune', 'optim.ema_per_stage', 'train.async_checkpointing', 'train.eval_ema', 'train.compile_ahead',
+         'train.init_ema', 'progressive.enabled', 'progressive.scale_batch', 'model.fix_head_stem')
 
 
 def _field(c: ml_collections.ConfigDict, dotted: str):

@@ -29,15 +29,19 @@ def test_generation_is_deterministic_and_pinned(sklearn_digits):
   np.testing.assert_array_equal(boxes_a, boxes_b[::-1])
   assert a.shape == (len(rows), 32, 32, 3) and a.dtype == np.uint8
   a, boxes_a = _canvases(sklearn_digits, range(5))
-  # Rows 0-4 as version 1.0.0 of the builder generates them: changing them needs a new VERSION.
-  assert boxes_a[:5].tolist() == [[16, 4, 10], [19, 15, 12], [19, 16, 8], [19, 8, 12], [9, 19, 11]]
-  assert hashlib.sha256(a[:5].tobytes()).hexdigest()[:16] == '5cec2d0962d26602'
+  # Rows 0-4 as version 2.0.0 of the builder generates them: changing them needs a new VERSION.
+  assert boxes_a[:5].tolist() == [[4, 2, 21], [6, 3, 21], [1, 4, 23], [5, 4, 23], [4, 9, 19]]
+  assert hashlib.sha256(a[:5].tobytes()).hexdigest()[:16] == 'cc66c0b09faa5695'
+  # version 1.0.0's canvases (8-12 px digits anywhere) stay reproducible through the arguments
+  _, boxes_v1 = _canvases(sklearn_digits, range(5), sizes=(8, 12), jitter=None)
+  assert boxes_v1.tolist() == [[16, 4, 10], [19, 15, 12], [19, 16, 8], [19, 8, 12], [9, 19, 11]]
 
 
 def test_digit_lies_inside_its_box_as_tf_bilinear_resizes_it(sklearn_digits):
   d = sklearn_digits
   images, boxes = _canvases(d, range(0, digits.NUM_EXAMPLES, 7), noise_std=0.0)
-  assert (boxes[:, 2] >= 8).all() and (boxes[:, 2] <= 12).all() and set(boxes[:, 2]) == set(range(8, 13))
+  assert set(boxes[:, 2]) == set(range(16, 25))  # 2-3x the 8x8 source, every side drawn
+  assert (np.abs(boxes[:, :2] - (32 - boxes[:, 2:]) // 2) <= 3).all()  # within ±3 px of the centred position
   assert (boxes[:, :2] >= 0).all() and (boxes[:, :2] + boxes[:, 2:] <= 32).all()
   for image, (y, x, side), i in zip(images, boxes, range(0, digits.NUM_EXAMPLES, 7)):
     reference = tf.image.resize(d.images[i][..., None] * (255.0 / 16.0), [side, side], 'bilinear').numpy()

@@ -153,6 +153,25 @@ def test_train_deterministic_and_epochs_differ(data_dir):
   np.testing.assert_array_equal(e1[0]["image"], e01[1]["image"])
 
 
+def test_autotune_off_changes_the_threads_not_the_batches(data_dir):
+  """data.autotune=False (the demo's: deleting an autotuned iterator waits for tf.data's autotuning thread) turns
+  tf.data autotuning off in the train and eval datasets and yields the very batches the autotuned pipeline does."""
+  def train(autotune):
+    cfg = digits_cfg(data_dir, train_preprocess="inception_v1", flip=True, image_size=16, autotune=autotune)
+    return pipeline.create_train_dataset(cfg, global_batch_size=16, process_index=0, process_count=1, seed=3)
+
+  def evaluate(autotune):
+    cfg = digits_cfg(data_dir, autotune=autotune)
+    return pipeline.create_eval_dataset(cfg, global_batch_size=64, process_index=0, process_count=1).dataset
+
+  for make in (train, evaluate):
+    on, off = make(True), make(False)
+    assert on.options().autotune.enabled is not False and off.options().autotune.enabled is False
+    for x, y in zip(_batches(on, 6), _batches(off, 6)):
+      for name in x:
+        np.testing.assert_array_equal(x[name], y[name])
+
+
 def test_randaugment_hook_deterministic(data_dir):
   pytest.importorskip("effnet.data.augment")
   cfg = digits_cfg(data_dir, augment="randaugment", image_size=16)

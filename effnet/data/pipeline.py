@@ -219,9 +219,9 @@ def _decoders(builder):
 # last), eval with mask 0 so that they count in no metric. The normal path runs no Python, and per batch only a
 # few small dataset ops more than a per-example map (measured: no slower on digits, README).
 # ----------------------------------------------------------------------------------------------------------------
-def _read_config(**kwargs):
+def _read_config(data_cfg, **kwargs):
   """tfds ReadConfig with a record id per example ('<file>__<index in file>'; see effnet.data.bad_examples)."""
-  return tfds.ReadConfig(add_tfds_id=True, options=_options(), **kwargs)
+  return tfds.ReadConfig(add_tfds_id=True, options=_options(data_cfg), **kwargs)
 
 
 def _record_id(ex):
@@ -233,11 +233,10 @@ def _rows(batch):
   return tf.shape(batch["id"] if "id" in batch else next(iter(batch.values())))[0]
 
 
-def _decode_batches(raw_batches, decode, batch_size, *, policy, split, role):
+def _decode_batches(raw_batches, decode, batch_size, *, policy, split, role, parallelism):
   """Raw batches (dicts of [n, ...]: encoded 'image', 'label', 'id', 'index', train also 'epoch') -> decode(example)
   of each row, each batch's undecodable examples handled per `policy` (see above). A batch decodes sequentially
-  in one map_fn (no per-example dataset overhead); batches decode in parallel, one per core (cycle_length
-  AUTOTUNE), so about `cores` batches are in flight."""
+  in one map_fn (no per-example dataset overhead); `parallelism` batches decode at once (see _parallelism)."""
   rows = {k: tf.TensorSpec(v.shape[1:], v.dtype) for k, v in raw_batches.element_spec.items()}
   decode = tf.function(decode).get_concrete_function(rows)  # traced once, called by the paths below
   spec = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), decode.structured_outputs)
@@ -250,8 +249,7 @@ def _decode_batches(raw_batches, decode, batch_size, *, policy, split, role):
     retry = tf.data.Dataset.from_tensors(raw).flat_map(lambda r: _decoded_one_by_one(r, decode, batch_size))
     return whole.concatenate(retry.map(lambda kept: _refill(raw, kept, decode, policy, split, role))).take(1)
 
-  return raw_batches.interleave(one_batch, cycle_length=tf.data.AUTOTUNE, block_length=1,
-                                num_parallel_calls=tf.data.AUTOTUNE)
+  return raw_batches.interleave(one_batch, cycle_length=parallelism, block_length=1, num_parallel_calls=parallelism)
 
 
 def _decoded_one_by_one(raw, decode, batch_size):
@@ -574,11 +572,26 @@ def _prefetch(data_cfg):
   return tf.data.AUTOTUNE if p is None or p < 0 else int(p)
 
 
-def _options():
+def _options(data_cfg):
   options = tf.data.Options()
   options.deterministic = True
   options.experimental_optimization.map_parallelization = True
+  options.autotune.enabled = bool(data_cfg.autotune)
   return options
+
+
+def _parallelism(data_cfg):
+  """How many batches decode at once: tf.data's choice with data.autotune (at most one per core, fewer when its
+  RAM budget says so), else one per core this process may use.
+
+  Why a choice: with autotuning on, deleting an iterator can wait for a thread of tf.data's own (py-spy --native:
+  RootDataset's iterator destructor joining it). On the 2-core CPU, with a train step running beside it, that
+  took 7-59 s at the end of about half the digits runs (README "The demo"); with autotuning off the wait did not
+  occur. Off, the parallelism is fixed at the core count, which on a big TPU host can hold more decoded batches in
+  memory than the RAM budget autotuning keeps to; so it stays on by default."""
+  if data_cfg.autotune:
+    return tf.data.AUTOTUNE
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def create_train_dataset(data_cfg, *, global_batch_size, image_size=None, process_index=None, process_count=None,
@@ -614,7 +627,8 @@ def create_train_dataset(data_cfg, *, global_batch_size, image_size=None, proces
   split = tfds.split_for_jax_process(data_cfg.train_split, process_index=process_index,
                                      process_count=process_count, drop_remainder=True)
   host_seed = tf.constant([seed, process_index], tf.int64)
-  read_config = _read_config(shuffle_seed=int(seed) * 1000003 + process_index, shuffle_reshuffle_each_iteration=True)
+  read_config = _read_config(data_cfg, shuffle_seed=int(seed) * 1000003 + process_index,
+                             shuffle_reshuffle_each_iteration=True)
   base = builder.as_dataset(split=split, shuffle_files=bool(shuffle and data_cfg.shuffle_files),
                             decoders=_decoders(builder), read_config=read_config)
   base = base.map(lambda ex: {"image": ex[image_key], "label": ex[label_key], "id": _record_id(ex)})
@@ -646,9 +660,9 @@ def create_train_dataset(data_cfg, *, global_batch_size, image_size=None, proces
 
   ds = ds.batch(batch, drop_remainder=True)  # before decoding: see _decode_batches
   ds = _decode_batches(ds, lambda ex: preprocess(ex["seed"], ex), batch, policy=data_cfg.bad_examples,
-                       split=data_cfg.train_split, role="train")
+                       split=data_cfg.train_split, role="train", parallelism=_parallelism(data_cfg))
   ds = ds.prefetch(_prefetch(data_cfg))
-  return ds.with_options(_options())
+  return ds.with_options(_options(data_cfg))
 
 
 EvalData = collections.namedtuple("EvalData", ["dataset", "num_batches", "num_examples", "host_num_examples",
@@ -684,7 +698,7 @@ def create_eval_dataset(data_cfg, *, global_batch_size, image_size=None, process
 
   def read(s):
     return builder.as_dataset(split=s, shuffle_files=False, decoders=decoders,
-                              read_config=_read_config())
+                              read_config=_read_config(data_cfg))
 
   counts = [_split_num_examples(builder, s) for s in host_splits]
   if any(c is None for c in counts):  # e.g. tfds mock data: no split info -> count
@@ -699,9 +713,10 @@ def create_eval_dataset(data_cfg, *, global_batch_size, image_size=None, process
   raw = read(host_splits[process_index]).enumerate().map(
       lambda i, ex: {image_key: ex[image_key], label_key: ex[label_key], "id": _record_id(ex), "index": i})
   bad_examples.reset("eval", split)  # each pass of this dataset drops the same examples: count them once
-  ds = _decode_batches(raw.batch(batch), preprocess, batch, policy=data_cfg.bad_examples, split=split, role="eval")
+  ds = _decode_batches(raw.batch(batch), preprocess, batch, policy=data_cfg.bad_examples, split=split, role="eval",
+                       parallelism=_parallelism(data_cfg))
   ds = _padded_to(ds, batch, num_batches)
   if data_cfg.cache:
     ds = ds.cache()
-  ds = ds.prefetch(_prefetch(data_cfg)).with_options(_options())
+  ds = ds.prefetch(_prefetch(data_cfg)).with_options(_options(data_cfg))
   return EvalData(ds, num_batches, int(sum(counts)), int(host_count), batch)
