@@ -154,7 +154,7 @@ def test_train_deterministic_and_epochs_differ(data_dir):
 
 
 def test_autotune_off_changes_the_threads_not_the_batches(data_dir):
-  """data.autotune=False (the demo's: deleting an autotuned iterator waits for tf.data's autotuning thread) turns
+  """data.autotune=False (the demo's: deleting an autotuned iterator can wait for a thread of tf.data's own) turns
   tf.data autotuning off in the train and eval datasets and yields the very batches the autotuned pipeline does."""
   def train(autotune):
     cfg = digits_cfg(data_dir, train_preprocess="inception_v1", flip=True, image_size=16, autotune=autotune)

@@ -84,7 +84,7 @@ class Digits(tfds.core.GeneratorBasedBuilder):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# digits_canvas: the same digits, small, at a random place on a larger canvas (resolution matters)
+# digits_canvas: the same digits at 2-3x their pixels, near the centre of a larger canvas (resolution matters)
 # ----------------------------------------------------------------------------------------------------------------
 CANVAS_SIZE = 32
 CANVAS_DIGIT_SIZES = (16, 24)  # inclusive range of the pasted digit's side in pixels: 2-3x the 8x8 source
