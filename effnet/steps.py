@@ -53,6 +53,15 @@ class TrainMetrics(metrics.Collection):
   first_nonfinite_step: FirstStep
 
 
+@jax.jit
+def merge_train_metrics(total: TrainMetrics, step_metrics: TrainMetrics) -> TrainMetrics:
+  """`total.merge(step_metrics)` as one compiled call, once per step. Why: clu's merge is ~20 eager jnp operations,
+  each dispatched from Python on the thread that also drives the step: in a py-spy profile of the demo they were a
+  quarter of the main thread's samples, and alone they take 0.13-0.21 ms per merge against 0.04-0.06 jitted (quiet
+  2-core CPU)."""
+  return total.merge(step_metrics)
+
+
 @flax.struct.dataclass
 class EvalMetrics(metrics.Collection):
   loss: metrics.Average.from_output('loss')

@@ -283,16 +283,17 @@ def _train_stage(run: _Run, loop: _Loop, stage, state):
   hyper = _hyper(stage, run.config, parallel.replicated(run.mesh))
   batches = _prefetched_input(loop, stage) or _train_batches(run, stage, loop.step)
   train_metrics, throughput = None, metrics_lib.Throughput(loop.step)
-  t_steps, eval_s_before = None, loop.eval_s
+  t_steps, first_timed_step, eval_s_before = None, loop.step, loop.eval_s
   while loop.step < stage.end_step:
     host_batch = next(batches)
     times.setdefault('first_batch', time.perf_counter())
     state, m = exe(state, parallel.global_batch(host_batch, run.mesh), hyper)
-    train_metrics = m if train_metrics is None else train_metrics.merge(m)
+    train_metrics = m if train_metrics is None else steps.merge_train_metrics(train_metrics, m)
     loop.step += 1
     if t_steps is None:  # the first step of a stage carries the switch: pipeline start and any compile wait
       jax.block_until_ready(state.step)
       t_steps = times['first_step'] = time.perf_counter()
+      first_timed_step = loop.step
       _log_stage_start(run, loop, stage, times, aot_ready)
       _prefetch_next_input(run, loop, stage)
     loop.progress(loop.step)
@@ -315,8 +316,21 @@ def _train_stage(run: _Run, loop: _Loop, stage, state):
   jax.block_until_ready(state.step)
   loop.last_step_time = time.perf_counter()
   if t_steps is not None:
-    loop.train_step_s += loop.last_step_time - t_steps - (loop.eval_s - eval_s_before)
+    stage_step_s = loop.last_step_time - t_steps - (loop.eval_s - eval_s_before)
+    loop.train_step_s += stage_step_s
+    _log_stage_steps(loop, stage, stage_step_s, timed_steps=loop.step - first_timed_step)
   return state
+
+
+def _log_stage_steps(loop: _Loop, stage, step_s: float, timed_steps: int) -> None:
+  """Adds the stage's step seconds (its steps after the first, without evals; checkpoint saves included) to its
+  stages.json entry. Why: the sum over stages is `train_step_s`, and a progressive run's saving comes from its
+  small stages' steps being cheaper; the per-stage ms per step shows how much cheaper, measured in the run itself."""
+  entry = loop.stage_log[-1] if loop.stage_log and loop.stage_log[-1]['stage'] == stage.index else None
+  if entry is None:
+    return
+  entry.update(train_step_s=step_s, timed_steps=timed_steps,
+               step_ms=1e3 * step_s / timed_steps if timed_steps else None)
 
 
 def _train_batches(run: _Run, stage, step: int):

@@ -114,6 +114,26 @@ def test_train_step_drops_an_update_whose_optimizer_slot_overflows():
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=name)  # the whole update dropped
 
 
+def test_jitted_metric_merge_gives_clus_merge():
+  """The loop merges each step's metrics with `steps.merge_train_metrics` (one compiled call): over steps with a
+  non-finite one in the middle it must give what clu's own merge gives, the first bad step (a minimum) included."""
+  def step_metrics(step, loss, bad):
+    return steps.TrainMetrics.single_from_model_output(
+        loss=jnp.float32(loss), ce_loss=jnp.float32(loss - 0.1), l2_loss=jnp.float32(7.0 + step),
+        top1=jnp.float32(0.25 * step), top5=jnp.float32(1.0), learning_rate=jnp.float32(1e-3 / (step + 1)),
+        nonfinite=jnp.float32(bad), bad_step=jnp.int32(step if bad else steps.NO_STEP))
+  per_step = [step_metrics(0, 2.5, 0), step_metrics(1, 2.0, 0), step_metrics(2, 1.5, 1), step_metrics(3, 1.0, 1)]
+  jitted, eager = per_step[0], per_step[0]
+  for m in per_step[1:]:
+    jitted, eager = steps.merge_train_metrics(jitted, m), eager.merge(m)
+  got, want = jitted.compute(), eager.compute()
+  assert set(got) == set(want)
+  for k in want:
+    np.testing.assert_allclose(np.asarray(got[k]), np.asarray(want[k]), rtol=1e-6, err_msg=k)
+  assert int(got['first_nonfinite_step']) == 2 and float(got['nonfinite_steps']) == 0.5
+  assert float(got['loss']) == pytest.approx(1.75) and float(got['learning_rate']) == pytest.approx(2.5e-4)
+
+
 @pytest.fixture
 def small_disk(tmp_path):
   """A 600 KiB tmpfs mounted as tmp_path/checkpoints: the tiny model's first checkpoint (about 380 KiB on tmpfs)

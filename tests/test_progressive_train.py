@@ -48,6 +48,10 @@ def test_four_stage_digits_run_and_compile_cache(first_run):
   # Every stage's executable was compiled (stage 2 reuses stage 1's) and each switch's stall was measured.
   assert all(s['compile_s'] > 0 for s in stages)
   assert all(s['switch_stall_s'] >= 0 for s in stages)
+  # Each stage's steps after its first are timed into its entry, and the entries add up to the run's figure.
+  assert [s['timed_steps'] for s in stages] == [1, 1, 1, 1]
+  assert all(s['train_step_s'] > 0 and s['step_ms'] == pytest.approx(1e3 * s['train_step_s']) for s in stages)
+  assert sum(s['train_step_s'] for s in stages) == pytest.approx(final['train_step_s'], rel=1e-9)
   assert final['steps'] == 8 and final['eval_num_examples'] == 359
   assert final['train_image_size'] == 32
   # Every distinct shape was compiled once: 3 train sizes + 1 eval, and nothing came from the (empty) cache.
