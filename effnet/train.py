@@ -283,7 +283,7 @@ def _train_stage(run: _Run, loop: _Loop, stage, state):
   hyper = _hyper(stage, run.config, parallel.replicated(run.mesh))
   batches = _prefetched_input(loop, stage) or _train_batches(run, stage, loop.step)
   train_metrics, throughput = None, metrics_lib.Throughput(loop.step)
-  t_steps, first_timed_step, eval_s_before = None, loop.step, loop.eval_s
+  t_steps, stage_entry, eval_s_before = None, None, loop.eval_s
   while loop.step < stage.end_step:
     host_batch = next(batches)
     times.setdefault('first_batch', time.perf_counter())
@@ -293,8 +293,7 @@ def _train_stage(run: _Run, loop: _Loop, stage, state):
     if t_steps is None:  # the first step of a stage carries the switch: pipeline start and any compile wait
       jax.block_until_ready(state.step)
       t_steps = times['first_step'] = time.perf_counter()
-      first_timed_step = loop.step
-      _log_stage_start(run, loop, stage, times, aot_ready)
+      stage_entry = _log_stage_start(run, loop, stage, times, aot_ready)
       _prefetch_next_input(run, loop, stage)
     loop.progress(loop.step)
     if loop.step % run.config.train.log_every_steps == 0 or loop.step == stage.end_step:
@@ -318,17 +317,16 @@ def _train_stage(run: _Run, loop: _Loop, stage, state):
   if t_steps is not None:
     stage_step_s = loop.last_step_time - t_steps - (loop.eval_s - eval_s_before)
     loop.train_step_s += stage_step_s
-    _log_stage_steps(loop, stage, stage_step_s, timed_steps=loop.step - first_timed_step)
+    _log_stage_steps(stage_entry, stage_step_s, last_step=loop.step)
   return state
 
 
-def _log_stage_steps(loop: _Loop, stage, step_s: float, timed_steps: int) -> None:
+def _log_stage_steps(entry: dict, step_s: float, last_step: int) -> None:
   """Adds the stage's step seconds (its steps after the first, without evals; checkpoint saves included) to its
-  stages.json entry. Why: the sum over stages is `train_step_s`, and a progressive run's saving comes from its
-  small stages' steps being cheaper; the per-stage ms per step shows how much cheaper, measured in the run itself."""
-  entry = loop.stage_log[-1] if loop.stage_log and loop.stage_log[-1]['stage'] == stage.index else None
-  if entry is None:
-    return
+  stages.json entry, whose `step` is the stage's first step. Why: the sum over stages is `train_step_s`, and a
+  progressive run's saving comes from its small stages' steps being cheaper; the per-stage ms per step shows how
+  much cheaper, measured in the run itself."""
+  timed_steps = last_step - entry['step'] - 1
   entry.update(train_step_s=step_s, timed_steps=timed_steps,
                step_ms=1e3 * step_s / timed_steps if timed_steps else None)
 
@@ -373,10 +371,10 @@ def _prefetched_input(loop: _Loop, stage):
   return loop.next_input[1].result()
 
 
-def _log_stage_start(run: _Run, loop: _Loop, stage, times: dict, aot_ready: bool) -> None:
+def _log_stage_start(run: _Run, loop: _Loop, stage, times: dict, aot_ready: bool) -> dict:
   """stages.json / TensorBoard entry of a stage: its values, compile seconds and the switch stall (wall time from
   the previous stage's last step, or from the stage start for the first stage of a process, to its first step),
-  split into the wait for the executable, the input pipeline's first batch and the first step itself."""
+  split into the wait for the executable, the input pipeline's first batch and the first step itself; returns it."""
   key = ('train', stage.image_size, stage.batch_size)
   since = loop.last_step_time if loop.last_step_time is not None else times['start']
   entry = {'stage': stage.index, 'step': loop.step - 1, 'image_size': stage.image_size,
@@ -392,6 +390,7 @@ def _log_stage_start(run: _Run, loop: _Loop, stage, times: dict, aot_ready: bool
   loop.stage_log.append(entry)
   logging.info('stage %d: %s', stage.index, entry)
   loop.writer.write_scalars(loop.step, {f'stage/{k}': float(v) for k, v in entry.items()})
+  return entry
 
 
 def _log_train(run: _Run, loop: _Loop, stage, computed: dict, throughput) -> None:
